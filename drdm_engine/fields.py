@@ -1,0 +1,136 @@
+"""Pure field maths on regular grids.
+
+Conventions (all functions):
+- Tensors are ``(B, C, *spatial)`` with ``len(spatial) = nd`` in {2, 3}.
+- A displacement field ``u`` is ``(B, nd, *spatial)`` in **voxels**; channel ``c`` is the
+  displacement along tensor spatial axis ``c`` (tensor dimension ``2 + c``).
+- Fields are *resampling* (pull) fields: ``warp(I, u)(x) = I(x + u(x))``.
+- ``compose(a, b)`` applies ``b`` first, then ``a``: ``x -> x + b(x) + a(x + b(x))``.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+Padding = str  # "zeros" | "border"
+Mode = str  # "bilinear" (linear in 2D and 3D) | "bicubic" (2D only) | "nearest"
+
+
+@lru_cache(maxsize=32)
+def _grid_constants(spatial: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxel coordinates ``(1, *spatial, nd)`` and half-extents ``(N-1)/2`` ``(nd,)``, both in xyz order."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in spatial]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
+    half = torch.tensor([(n - 1) / 2 for n in spatial[::-1]], device=device, dtype=dtype)
+    return coords, half
+
+
+def identity_grid(spatial: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates of every voxel, ``(1, nd, *spatial)``; channel ``c`` = index along axis ``c``."""
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in spatial]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
+
+
+def _sampling_grid(u: torch.Tensor) -> torch.Tensor:
+    """Voxel displacement ``(B, nd, *spatial)`` -> normalised ``grid_sample`` grid ``(B, *spatial, nd)``.
+
+    Computed as ``(x + u) / ((N - 1) / 2) - 1`` in that order, the arithmetic of the published code:
+    recovery over 80 steps amplifies rounding differences, so the order matters for parity.
+    """
+    spatial = tuple(u.shape[2:])
+    if min(spatial) < 2:
+        raise ValueError(f"every spatial axis needs at least 2 voxels, got {spatial}")
+    coords, half = _grid_constants(spatial, u.device, u.dtype)
+    return (u.movedim(1, -1).flip(-1) + coords) / half - 1
+
+
+def warp(image: torch.Tensor, u: torch.Tensor, mode: Mode = "bilinear", padding: Padding = "zeros") -> torch.Tensor:
+    """Resample ``image`` ``(B, C, *spatial)`` at ``x + u(x)``; ``u`` is ``(B, nd, *spatial)`` in voxels.
+
+    ``image`` and ``u`` share their spatial shape. ``mode='bilinear'`` is (tri)linear,
+    ``'bicubic'`` is 2D only, ``'nearest'`` never creates new values.
+    """
+    if image.shape[2:] != u.shape[2:]:
+        raise ValueError(f"image {tuple(image.shape)} and field {tuple(u.shape)} differ in spatial shape")
+    grid = _sampling_grid(u)
+    if grid.dtype != image.dtype:
+        grid = grid.to(image.dtype)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
+
+
+def compose(a: torch.Tensor, b: torch.Tensor, padding: Padding = "border") -> torch.Tensor:
+    """Field of ``x -> x + b(x) + a(x + b(x))`` (``b`` first, then ``a``), voxels, ``(B, nd, *spatial)``."""
+    return b + warp(a, b, "bilinear", padding)
+
+
+def power(v: torch.Tensor, n: torch.Tensor, padding: Padding = "border") -> torch.Tensor:
+    """Self-composition ``v^n`` per batch element by binary exponentiation.
+
+    ``v``: ``(B, nd, *spatial)`` voxels; ``n``: ``(B,)`` non-negative integers. Uses
+    ``O(log2 max n)`` compositions; ``v^0`` is the zero field. Powers of one field commute, so the
+    result equals ``n`` sequential compositions up to interpolation error.
+    """
+    n = n.to(device=v.device, dtype=torch.long).clone()
+    if n.shape != (v.shape[0],) or bool((n < 0).any()):
+        raise ValueError("n must be a (B,) tensor of non-negative integers")
+    result = torch.zeros_like(v)
+    empty = torch.ones_like(n, dtype=torch.bool)
+    base = v
+    while bool((n > 0).any()):
+        take = (n & 1).bool()
+        fill = take & empty
+        if bool(fill.any()):
+            result[fill] = base[fill]
+        grow = take & ~empty
+        if bool(grow.any()):
+            result[grow] = compose(result[grow], base[grow], padding)
+        empty &= ~take
+        n >>= 1
+        live = n > 0
+        if bool(live.any()):
+            base = base.clone()
+            base[live] = compose(base[live], base[live], padding)
+    return result
+
+
+def power_sequential(v: torch.Tensor, n: torch.Tensor, padding: Padding = "border") -> torch.Tensor:
+    """Reference ``v^n``: ``max(n)`` sequential compositions ``u <- compose(u, v)`` from ``u = 0``,
+    each batch element stopping at its own ``n`` (the published integrator). Shapes as :func:`power`."""
+    n = n.to(device=v.device, dtype=torch.long)
+    result = torch.zeros_like(v)
+    for step in range(int(n.max()) if n.numel() else 0):
+        live = (n > step).view(-1, *([1] * (v.dim() - 1)))
+        result = torch.where(live, compose(result, v, padding), result)
+    return result
+
+
+def jacobian_determinant(u: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of ``x -> x + u(x)``, ``(B, *spatial)``.
+
+    ``u``: ``(B, nd, *spatial)`` in voxels. Central differences inside, one-sided at the edges
+    (as ``numpy.gradient``). The determinant is unit-free and invariant to per-axis spacing.
+    """
+    nd = u.shape[1]
+    grads = [torch.gradient(u[:, c], dim=tuple(range(1, nd + 1))) for c in range(nd)]
+    j = [[grads[r][c] + (1.0 if r == c else 0.0) for c in range(nd)] for r in range(nd)]
+    if nd == 2:
+        return j[0][0] * j[1][1] - j[0][1] * j[1][0]
+    if nd == 3:
+        return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+                - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+                + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+    raise ValueError(f"fields must be 2D or 3D, got {nd} channels")
+
+
+def folding_fraction(u: torch.Tensor) -> torch.Tensor:
+    """Fraction of voxels with ``det J <= 0`` per batch element, ``(B,)``; ``u`` in voxels."""
+    return (jacobian_determinant(u) <= 0).flatten(1).float().mean(1)
+
+
+def resize(field: torch.Tensor, size: int | tuple[int, ...]) -> torch.Tensor:
+    """(Bi/tri)linear resize of ``(B, C, *spatial)`` with ``align_corners=False`` (values unchanged)."""
+    nd = field.dim() - 2
+    mode = "bilinear" if nd == 2 else "trilinear"
+    return F.interpolate(field, size=size, mode=mode, align_corners=False)

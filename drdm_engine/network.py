@@ -1,0 +1,142 @@
+"""RecResACNet, the published DRDM recovery network (spec section 3).
+
+Input ``(B, C, *spatial)`` with every side divisible by 8, step ``t`` ``(B,)``; output the recovery
+field ``(B, nd, *spatial)`` in the published *normalised* units (voxels = side x value, channel
+``c`` along tensor axis ``c``). Parameter names match the published checkpoints.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import fields
+
+EMBED_DIM = 100
+NEGATIVE_SLOPE = 1e-6
+
+
+def sinusoidal_table(timesteps: int, dim: int = EMBED_DIM) -> torch.Tensor:
+    """Published time table ``(T, dim)``: ``sin``/``cos`` of ``t / 10000^(2 k / dim)`` at even ``k = 2j``."""
+    t = torch.arange(timesteps, dtype=torch.float64).unsqueeze(1)
+    k = torch.arange(0, dim, 2, dtype=torch.float64)
+    angle = t / torch.pow(10000.0, 2.0 * k / dim)
+    table = torch.zeros(timesteps, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle)
+    return table.float()
+
+
+def _conv(ndims: int) -> type[nn.Module]:
+    return nn.Conv2d if ndims == 2 else nn.Conv3d
+
+
+def _conv_transpose(ndims: int) -> type[nn.Module]:
+    return nn.ConvTranspose2d if ndims == 2 else nn.ConvTranspose3d
+
+
+def _norm(ndims: int) -> type[nn.Module]:
+    return nn.InstanceNorm2d if ndims == 2 else nn.InstanceNorm3d
+
+
+class AtrousBlock(nn.Module):
+    """Conv (+ InstanceNorm) then two dilated residual convs (dilations 1 and 3), LeakyReLU(1e-6)."""
+
+    def __init__(self, ndims: int, cin: int, cout: int, norm: bool):
+        super().__init__()
+        conv = _conv(ndims)
+        self.conv0 = conv(cin, cout, 3, padding=1)
+        self.ln = _norm(ndims)(cout, affine=True) if norm else None
+        self.convs = nn.ModuleList([conv(cout, cout, 3, padding=r, dilation=r) for r in (1, 3)])
+        self.act = nn.LeakyReLU(NEGATIVE_SLOPE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv0(x)
+        if self.ln is not None:
+            y = self.ln(y)
+        z = y
+        for conv in self.convs:
+            z = conv(self.act(z))
+        return self.act(z + y)
+
+
+def _stage(ndims: int, channels: tuple[int, ...], norm: bool) -> nn.Sequential:
+    return nn.Sequential(*[AtrousBlock(ndims, a, b, norm) for a, b in zip(channels[:-1], channels[1:])])
+
+
+def _embedding(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(EMBED_DIM, channels), nn.ReLU(), nn.Linear(channels, channels))
+
+
+class RecResACNet(nn.Module):
+    """Recurrent residual atrous U-Net with sinusoidal step embedding (published DRDM network).
+
+    ``rec_num`` passes: pass 1 predicts ``d``; pass k > 1 runs on ``warp(image, d)`` and updates
+    ``d <- compose(d, d_k)``. Each pass's output is clamped to ``±(N-1)/N``.
+    """
+
+    def __init__(self, ndims: int, timesteps: int = 80, in_channels: int = 1, rec_num: int = 2):
+        super().__init__()
+        if ndims not in (2, 3):
+            raise ValueError(f"ndims must be 2 or 3, got {ndims}")
+        self.ndims, self.timesteps, self.in_channels, self.rec_num = ndims, timesteps, in_channels, rec_num
+        conv, up = _conv(ndims), _conv_transpose(ndims)
+        self.time_embed = nn.Embedding(timesteps, EMBED_DIM)
+        self.time_embed.weight.data.copy_(sinusoidal_table(timesteps))
+        self.time_embed.weight.requires_grad_(False)
+        self.te1 = _embedding(in_channels)
+        self.b1 = _stage(ndims, (in_channels, 10, 10, 10), True)
+        self.down1 = conv(10, 10, 4, 2, 1)
+        self.te2 = _embedding(10)
+        self.b2 = _stage(ndims, (10, 20, 20, 20), True)
+        self.down2 = conv(20, 20, 4, 2, 1)
+        self.te3 = _embedding(20)
+        self.b3 = _stage(ndims, (20, 40, 40, 40), True)
+        self.down3 = conv(40, 40, 4, 2, 1)
+        self.te_mid = _embedding(40)
+        self.b_mid = _stage(ndims, (40, 20, 20, 40), True)
+        self.up1 = up(40, 40, 4, 2, 1)
+        self.te4 = _embedding(80)
+        self.b4 = _stage(ndims, (80, 40, 20, 20), False)
+        self.up2 = up(20, 20, 4, 2, 1)
+        self.te5 = _embedding(40)
+        self.b5 = _stage(ndims, (40, 20, 10, 10), False)
+        self.up3 = up(10, 10, 4, 2, 1)
+        self.te_out = _embedding(20)
+        self.b_out = _stage(ndims, (20, 10, 10, 10), False)
+        self.conv_out = conv(10, ndims, 3, padding=1)
+
+    def _broadcast(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb.view(*emb.shape, *([1] * self.ndims))
+
+    def unet(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One pass: ``(B, C, *spatial)`` -> unclamped normalised field ``(B, nd, *spatial)``."""
+        e = self.time_embed(t)
+        b = self._broadcast
+        h1 = self.b1(x + b(self.te1(e)))
+        h2 = self.b2(self.down1(h1) + b(self.te2(e)))
+        h3 = self.b3(self.down2(h2) + b(self.te3(e)))
+        mid = self.b_mid(self.down3(h3) * b(self.te_mid(e)))
+        y = self.b4(torch.cat([h3, self.up1(mid)], 1) + b(self.te4(e)))
+        y = self.b5(torch.cat([h2, self.up2(y)], 1) + b(self.te5(e)))
+        y = self.b_out(torch.cat([h1, self.up3(y)], 1) + b(self.te_out(e)))
+        return self.conv_out(y)
+
+    def forward(self, image: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        spatial = image.shape[2:]
+        if len(spatial) != self.ndims or any(s % 8 for s in spatial):
+            raise ValueError(f"RecResACNet({self.ndims}D) needs (B, C, *spatial) with sides divisible by 8, "
+                             f"got {tuple(image.shape)}")
+        sides = torch.tensor(spatial, dtype=image.dtype, device=image.device).view(1, -1, *([1] * self.ndims))
+        limit = (sides - 1) / sides
+        d = torch.maximum(torch.minimum(self.unet(image, t), limit), -limit)
+        for _ in range(1, self.rec_num):
+            moved = fields.warp(image, d * sides, "bilinear", "zeros")
+            dk = torch.maximum(torch.minimum(self.unet(moved, t), limit), -limit)
+            d = dk + fields.warp(d, dk * sides, "bilinear", "border")
+        return d
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable and frozen parameters (the published 2D model has 443,435)."""
+    return sum(p.numel() for p in model.parameters())
+
