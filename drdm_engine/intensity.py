@@ -1,0 +1,18 @@
+"""Intensity normalisation of the network input."""
+from __future__ import annotations
+
+import torch
+
+LOW, HIGH = 0.5, 99.5
+
+
+def normalise(image: torch.Tensor, low: float = LOW, high: float = HIGH) -> torch.Tensor:
+    """Map intensities to [0, 1] by robust percentiles (``low``, ``high`` in %), clamped; works for CT
+    (Hounsfield units) and MR (arbitrary units) alike. Percentiles are estimated on at most 2^20 voxels."""
+    flat = image.reshape(-1).float()
+    if flat.numel() > 1 << 20:
+        flat = flat[:: flat.numel() // (1 << 20) + 1]
+    lo, hi = torch.quantile(flat, torch.tensor([low / 100, high / 100], dtype=flat.dtype, device=flat.device))
+    if hi <= lo:
+        lo, hi = flat.min(), flat.max()
+    return ((image - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)

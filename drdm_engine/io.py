@@ -1,0 +1,161 @@
+"""Medical image I/O with full geometry (SimpleITK), Slicer ``.seg.nrrd`` segment metadata (slicerio),
+input validation with one-line errors, and atomic writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import DRDMError
+from .geometry import Geometry
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def suffix_of(path: str | os.PathLike) -> str:
+    """Full medical-image suffix (``.nii.gz``, ``.seg.nrrd``, ``.nrrd``, ...), lower case."""
+    name = Path(path).name.lower()
+    for suffix in (".seg.nrrd",) + IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return Path(path).suffix.lower()
+
+
+def stem_of(path: str | os.PathLike) -> str:
+    """File name without its medical-image suffix."""
+    name = Path(path).name
+    suffix = suffix_of(path)
+    return name[: len(name) - len(suffix)] if suffix and name.lower().endswith(suffix) else Path(path).stem
+
+
+def _read(path: str | os.PathLike, what: str) -> sitk.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DRDMError(f"{what} file not found: {path}")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DRDMError(f"cannot read {what} {path}: not a readable NIfTI/NRRD/MHA image") from exc
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a scalar 2D or 3D image as float32 with its geometry; refuse 4D, vector, empty and non-finite."""
+    image = _read(path, "image")
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        image = image[:, :, 0]
+    if image.GetDimension() not in (2, 3):
+        raise DRDMError(f"image {path} is {image.GetDimension()}D; DRDM needs a 2D or 3D image "
+                        f"(extract one volume of a time series first)")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DRDMError(f"image {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                        f"give a scalar (grey-level) image")
+    if min(image.GetSize()) < 2:
+        raise DRDMError(f"image {path} has size {image.GetSize()}; every axis needs at least 2 voxels")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise DRDMError(f"image {path} has {bad} NaN/inf voxels; fill or mask them before augmenting")
+    if float(array.max()) == float(array.min()):
+        raise DRDMError(f"image {path} is constant ({float(array.min()):g} everywhere); nothing to deform")
+    return image
+
+
+@dataclass
+class Labels:
+    """A label map aligned with the image, with optional Slicer segment metadata.
+
+    ``image``: integer SimpleITK image; ``segmentation``: the slicerio dict of a ``.seg.nrrd``
+    (segment names, colours, terminology), or ``None`` for a plain label map.
+    """
+
+    image: sitk.Image
+    segmentation: dict | None = None
+    names: dict[int, str] = field(default_factory=dict)
+
+
+def read_labels(path: str | os.PathLike, reference: sitk.Image) -> Labels:
+    """Read a label map or Slicer ``.seg.nrrd`` and check it lies on ``reference``'s grid."""
+    segmentation = None
+    names: dict[int, str] = {}
+    if suffix_of(path) == ".seg.nrrd":
+        import slicerio
+
+        if not Path(path).is_file():
+            raise DRDMError(f"labels file not found: {path}")
+        try:
+            segmentation = slicerio.read_segmentation(str(path))
+        except Exception as exc:
+            raise DRDMError(f"cannot read segmentation {path}: {exc}") from exc
+        if segmentation["voxels"].ndim != reference.GetDimension():
+            raise DRDMError(f"segmentation {path} has overlapping segments in several layers; "
+                            f"export it as a label map (one layer) first")
+        names = {int(s["labelValue"]): s.get("name", s["id"]) for s in segmentation["segments"]}
+    image = _read(path, "labels")
+    if image.GetDimension() == 3 and reference.GetDimension() == 2 and image.GetSize()[2] == 1:
+        image = image[:, :, 0]
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DRDMError(f"labels {path} have {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                        f"give a single label map")
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise DRDMError(f"labels {path} hold non-integer values; give an integer label map or .seg.nrrd")
+    if array.min() < 0:
+        raise DRDMError(f"labels {path} hold negative values; label values must be 0 (background) or positive")
+    if not Geometry.of(image).matches(Geometry.of(reference)):
+        raise DRDMError(f"labels {path} do not lie on the image grid (size/spacing/origin/direction differ: "
+                        f"{Geometry.of(image)} vs {Geometry.of(reference)}); resample them onto the image first")
+    image = sitk.Cast(image, sitk.sitkUInt16 if array.max() > 255 else sitk.sitkUInt8)
+    Geometry.of(reference).apply_to(image)
+    return Labels(image, segmentation, names)
+
+
+def atomic_path(path: Path) -> Path:
+    """Temporary sibling of ``path`` that keeps its suffix (so writers pick the right format)."""
+    return path.with_name(f".tmp{os.getpid()}_{path.name}")
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        sitk.WriteImage(image, str(tmp), compress)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_segmentation(labels: sitk.Image, source: Labels, path: str | os.PathLike) -> None:
+    """Write a ``.seg.nrrd`` with the source's segment names, colours and terminology, atomically."""
+    import slicerio
+
+    segmentation = dict(source.segmentation)
+    voxels = sitk.GetArrayFromImage(labels)
+    segmentation["voxels"] = np.ascontiguousarray(voxels.transpose(tuple(reversed(range(voxels.ndim)))))
+    segmentation["segments"] = [{k: v for k, v in s.items() if k != "extent"} for s in segmentation["segments"]]
+    segmentation.pop("referenceImageExtentOffset", None)
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        slicerio.write_segmentation(str(tmp), segmentation)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(data: dict, path: str | os.PathLike) -> None:
+    """Write JSON atomically."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
