@@ -139,22 +139,31 @@ def voxels_to_physical(u: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     return torch.einsum("rc,bc...->br...", m, index_mm)
 
 
-def warp_slabs(image: torch.Tensor, field_fn, mode: str, rows: int) -> torch.Tensor:
-    """Pull-warp a full-resolution ``(1, C, *shape)`` tensor slab by slab along array axis 0.
-
-    ``field_fn(start, stop)`` returns the input-voxel field ``(1, nd, stop - start, ...)`` for those
-    rows; peak memory is the input, the output and one slab of field. Positions outside the input
-    take the nearest edge value (border padding), so no background value is invented.
-    """
-    shape = image.shape[2:]
-    out = torch.empty_like(image)
-    half = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64).view(1, -1, *([1] * len(shape)))
+def slab_positions(shape: tuple[int, ...], field_fn, rows: int):
+    """Yield ``(start, stop, u, pos)`` over slabs of array axis 0: ``u = field_fn(start, stop)`` is the
+    field ``(1, nd, stop - start, ...)`` in input voxels and ``pos = x + u(x)`` the positions to pull from."""
     for start in range(0, shape[0], rows):
         stop = min(shape[0], start + rows)
         u = field_fn(start, stop)
         coords = fields.identity_grid(tuple(u.shape[2:]), u.device, u.dtype)
         coords[:, 0] += start
-        pos = coords + u
-        g = (pos / half.to(u) - 1).movedim(1, -1).flip(-1).to(image.dtype)
-        out[:, :, start:stop] = F.grid_sample(image, g, mode=mode, padding_mode="border", align_corners=True)
-    return out
+        yield start, stop, u, coords + u
+
+
+def source_rows(pos: torch.Tensor, length: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of array axis 0 (of ``length``) that linear sampling at ``pos`` reads."""
+    lo = int(torch.floor(pos[:, 0].min()).clamp(0, length - 1))
+    hi = int(torch.floor(pos[:, 0].max()).clamp(0, length - 1)) + 2
+    return lo, min(hi, length)
+
+
+def sample_rows(source: torch.Tensor, pos: torch.Tensor, mode: str, lo: int = 0) -> torch.Tensor:
+    """Sample ``source`` ``(1, C, rows, ...)`` (rows ``lo...`` of the full grid) at input-voxel positions
+    ``pos`` ``(1, nd, *out)``. Outside the source: nearest edge value (border padding), so no
+    background value is invented."""
+    shape = source.shape[2:]
+    shifted = pos.clone()
+    shifted[:, 0] -= lo
+    half = torch.tensor([max(n - 1, 1) / 2 for n in shape], dtype=pos.dtype, device=pos.device)
+    grid = (shifted / half.view(1, -1, *([1] * len(shape))) - 1).movedim(1, -1).flip(-1).to(source.dtype)
+    return F.grid_sample(source, grid, mode=mode, padding_mode="border", align_corners=True)

@@ -43,8 +43,9 @@ def _read(path: str | os.PathLike, what: str) -> sitk.Image:
         raise DRDMError(f"cannot read {what} {path}: not a readable NIfTI/NRRD/MHA image") from exc
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read a scalar 2D or 3D image as float32 with its geometry; refuse 4D, vector, empty and non-finite."""
+def read_image(path: str | os.PathLike, pixel_type: int | None = sitk.sitkFloat32) -> sitk.Image:
+    """Read a scalar 2D or 3D image with its geometry, cast to ``pixel_type`` (``None``: keep the file's);
+    refuse 4D, vector, too small, constant and non-finite images."""
     image = _read(path, "image")
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         image = image[:, :, 0]
@@ -56,9 +57,10 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
                         f"give a scalar (grey-level) image")
     if min(image.GetSize()) < 2:
         raise DRDMError(f"image {path} has size {image.GetSize()}; every axis needs at least 2 voxels")
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    if pixel_type is not None:
+        image = sitk.Cast(image, pixel_type)
     array = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(np.size(array) - np.isfinite(array).sum())
         raise DRDMError(f"image {path} has {bad} NaN/inf voxels; fill or mask them before augmenting")
     if float(array.max()) == float(array.min()):

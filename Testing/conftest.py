@@ -1,0 +1,59 @@
+"""Shared fixtures: the repository on sys.path, the published reference data, synthetic real files."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not (REFERENCE / "parity_2d_cmr.npz").is_file():
+        pytest.skip("../shared/reference is not present")
+    return REFERENCE
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def phantom(size=(40, 30, 20), spacing=(1.5, 2.0, 3.5), origin=(-31.0, 12.5, 140.0),
+            direction=None, seed=0) -> tuple[sitk.Image, sitk.Image]:
+    """Oblique, anisotropic, non-cubic CT-like phantom (int16, HU-like) and its 3-label map (uint8)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(reversed(size))
+    idx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(sum(i ** 2 for i in idx))
+    labels = np.zeros(shape, np.uint8)
+    labels[r < 0.85] = 1
+    labels[(idx[-1] - 0.3) ** 2 + idx[-2] ** 2 + idx[0] ** 2 < 0.12] = 2
+    labels[(idx[-1] + 0.35) ** 2 + (idx[-2] - 0.2) ** 2 + idx[0] ** 2 < 0.05] = 3
+    hu = np.array([-1000, 40, 300, -700])[labels] + rng.normal(0, 15, shape)
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    label_image = sitk.GetImageFromArray(labels)
+    direction = rotation(0.3, -0.2, 0.5) if direction is None else direction
+    for im in (image, label_image):
+        im.SetSpacing(spacing)
+        im.SetOrigin(origin)
+        im.SetDirection(tuple(np.asarray(direction).ravel()))
+    return image, label_image
+
+
+@pytest.fixture()
+def phantom_files(tmp_path):
+    image, labels = phantom()
+    ip, lp = tmp_path / "case.nrrd", tmp_path / "case_labels.nrrd"
+    sitk.WriteImage(image, str(ip))
+    sitk.WriteImage(labels, str(lp))
+    return ip, lp

@@ -1,0 +1,171 @@
+"""The ``drdm`` command line: ``augment`` (the main job), ``import-checkpoint``, ``info``.
+
+User errors print one line ``drdm: error: ...`` and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import DRDMError
+
+DEFAULT_SAMPLES = 3
+DEFAULT_DEPTH = 32
+
+
+def default_case() -> tuple[str, str]:
+    """The bundled default case: chest CT + 7-structure segmentation shipped in the slicerio wheel (MIT)."""
+    import slicerio
+
+    return slicerio.get_testdata_file("CTChest4.nrrd"), slicerio.get_testdata_file("Segmentation.seg.nrrd")
+
+
+class _Progress:
+    """Progress as a tqdm bar on stderr, or as ``drdm-progress <fraction> <text>`` lines on stdout."""
+
+    def __init__(self, lines: bool):
+        self.lines = lines
+        self.bar = None
+        if not lines:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+                            file=sys.stderr)
+
+    def __call__(self, fraction: float, text: str) -> None:
+        if self.lines:
+            print(f"drdm-progress {fraction:.4f} {text}", flush=True)
+        else:
+            self.bar.n = int(1000 * fraction)
+            self.bar.set_postfix_str(text, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from .augment import generate, resolve_device, resolve_model
+    from .export import prepare_folder, remove_partial, write_run
+    from .io import read_image, read_labels
+
+    if args.image is None:
+        args.image, args.labels = default_case()
+        print(f"drdm: no IMAGE given, using the bundled chest CT case ({args.image})", file=sys.stderr)
+    if args.samples < 1:
+        raise DRDMError(f"--samples must be at least 1, got {args.samples}")
+    image = read_image(args.image, pixel_type=None)
+    labels = read_labels(args.labels, image) if args.labels else None
+    device = resolve_device(args.device)
+    model = resolve_model(args.model, image.GetDimension(), device)
+    if model is None:
+        print("drdm: no trained model for this image: diffusion-only mode (random forward fields, no recovery)",
+              file=sys.stderr)
+    out = Path(args.out)
+    created = not out.exists()
+    prepare_folder(out, args.overwrite)
+    progress = _Progress(args.progress_lines)
+    started = time.perf_counter()
+    try:
+        cases = generate(image, labels, model, args.samples, args.depth, args.seed, device, args.recovery,
+                         args.size, progress)
+        settings = {"samples": args.samples, "depth": args.depth, "seed": args.seed, "recovery": args.recovery,
+                    "device": str(device), "working_size": model.meta.size if model else args.size,
+                    "seconds": round(time.perf_counter() - started, 3)}
+        manifest = write_run(out, args.image, args.labels, labels, cases, model, settings)
+    except BaseException:
+        remove_partial(out, created)
+        raise
+    finally:
+        progress.close()
+    print(f"drdm: wrote {len(manifest['samples'])} {manifest['mode']} samples to {out}/ (see {out}/manifest.json)",
+          file=sys.stderr)
+    return 0
+
+
+def _import_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import describe, import_published, save_checkpoint
+
+    target = Path(args.output)
+    if target.exists() and not args.overwrite:
+        raise DRDMError(f"{target} exists; choose another OUTPUT or add --overwrite")
+    overrides = {k: v for k, v in {"v_scale": args.v_scale, "amplitude": args.amplitude,
+                                   "compose_padding": args.compose_padding}.items() if v is not None}
+    net, meta = import_published(args.source, args.size, trained_on=args.trained_on, **overrides)
+    save_checkpoint(target, net, meta)
+    print(f"drdm: wrote {target}: {describe(meta)}", file=sys.stderr)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .checkpoint import DEFAULT_MODEL, describe, load_checkpoint
+
+    print(f"drdm_engine {__version__}")
+    path = args.model or DEFAULT_MODEL
+    if Path(path).is_file():
+        print(f"model {path}: {describe(load_checkpoint(path).meta)}")
+    else:
+        print(f"model {path}: absent (augment runs in diffusion-only mode)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drdm", description="DRDM: diverse, plausible deformations of one "
+                                     "patient's image and segmentation (Deformation-Recovery Diffusion Model).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    aug = sub.add_parser("augment", help="deform an image (+ labels) N times and export the cases")
+    aug.add_argument("image", nargs="?", help="NIfTI/NRRD/MHA image, 2D or 3D (default: bundled chest CT)")
+    aug.add_argument("--labels", help="label map or Slicer .seg.nrrd on the image's grid")
+    aug.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"number of samples (default {DEFAULT_SAMPLES})")
+    aug.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help=f"diffusion depth T0 in 0…T-1 (default {DEFAULT_DEPTH})")
+    aug.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples on the CPU)")
+    aug.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
+    aug.add_argument("--model", default=None, help="checkpoint path, 'default' (bundled model) or 'none' "
+                     "(diffusion only); default: the bundled model when it fits the image's dimension")
+    aug.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    aug.add_argument("--recovery", choices=("published", "from-depth"), default="published",
+                     help="published: all steps T-1…0 (default); from-depth: T0…0, faster")
+    aug.add_argument("--size", type=int, default=None, help="working grid side in diffusion-only mode "
+                     "(default 128 in 3D, 256 in 2D); a model uses its own")
+    aug.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder")
+    aug.add_argument("--progress-lines", action="store_true",
+                     help="print 'drdm-progress <fraction> <text>' lines on stdout instead of a bar")
+    aug.set_defaults(run=_augment)
+
+    imp = sub.add_parser("import-checkpoint", help="convert a published RecResACNet state dict to a DRDM checkpoint")
+    imp.add_argument("source", help="published .pth state dict")
+    imp.add_argument("output", help="DRDM checkpoint to write (.pt)")
+    imp.add_argument("--size", type=int, required=True, help="working grid side N it was trained at (e.g. 256 2D, 128 3D)")
+    imp.add_argument("--trained-on", default="published DRDM checkpoint", help="what it was trained on")
+    imp.add_argument("--v-scale", type=float, default=None, help="velocity scale (default 4e-5)")
+    imp.add_argument("--amplitude", type=float, default=None, help="control-to-image gain (default published N/S)")
+    imp.add_argument("--compose-padding", choices=("zeros", "border"), default=None,
+                     help="padding of the recovery composition (published 2D cardiac: zeros; 3D: border)")
+    imp.add_argument("--overwrite", action="store_true")
+    imp.set_defaults(run=_import_checkpoint)
+
+    info = sub.add_parser("info", help="show the engine version and the model in use")
+    info.add_argument("--model", default=None)
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except DRDMError as exc:
+        print(f"drdm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("drdm: interrupted; partial outputs removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
