@@ -147,7 +147,8 @@ class DRDMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         running = self._generation is not None
         self.ui.generateButton.text = _("Cancel") if running else _("Generate")
         self.ui.generateButton.enabled = running or bool(self._parameterNode and self._parameterNode.inputVolume)
-        self.ui.exportButton.enabled = not running and bool(self._results) and bool(self._parameterNode.exportFolder)
+        folder = str(self._parameterNode.exportFolder or "") if self._parameterNode else ""
+        self.ui.exportButton.enabled = not running and bool(self._results) and folder not in ("", ".")
 
     def onGenerate(self) -> None:
         if self._generation is not None:

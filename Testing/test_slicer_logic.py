@@ -2,7 +2,6 @@
 geometry, segments, display, export and read-back, cancellation and error messages."""
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,8 +51,8 @@ def test_field_as_grid_transform_hardens_like_itk_resampling(scene, case):
     error = hardeningError(scene, volume, node, image, field)
     flippedField = sitk.Compose([-sitk.VectorIndexSelectionCast(field, c) for c in range(3)])
     flipped = fieldImageToGridTransformNode(flippedField, scene, "flipped")
-    assert error < 0.5, error                     # of a 0..1000 image
-    assert hardeningError(scene, volume, flipped, image, field) > 50 * error
+    assert error < 0.01, error                    # of a 0..1000 image (measured 4e-4)
+    assert hardeningError(scene, volume, flipped, image, field) > 1000 * error
     vectors = sitk.GetArrayFromImage(field)
     point = np.array(image.TransformIndexToPhysicalPoint((5, 6, 7)))
     ras = point * [-1, -1, 1]
@@ -79,9 +78,7 @@ def test_generate_creates_nodes_with_exact_geometry_segments_and_grid_display(sc
         assert np.array_equal(ijkToRasFromNode(result.volumeNode), ijkToRasFromNode(volume))
         deformed = slicer_array(result.volumeNode)
         assert deformed.shape == sitk.GetArrayFromImage(image).shape
-        deformedImage = sitk.GetImageFromArray(deformed.astype(np.float32))
-        deformedImage.CopyInformation(image)
-        assert hardeningError(scene, volume, result.transformNode, image, analyticField(image, number - 1)) < 0.5
+        assert hardeningError(scene, volume, result.transformNode, image, analyticField(image, number - 1)) < 0.01
         slicerHardened = sitk.Resample(hardened(scene, volume, result.transformNode), image)
         assert np.abs(sitk.GetArrayFromImage(slicerHardened) - deformed)[INTERIOR].mean() < 10.0
         assert np.abs(sitk.GetArrayFromImage(image) - deformed)[INTERIOR].mean() > 20.0
