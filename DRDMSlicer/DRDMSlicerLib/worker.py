@@ -36,9 +36,10 @@ def engineSearchPath() -> str:
 def workerPython() -> str:
     """Python executable for the worker: Slicer's ``PythonSlicer`` inside Slicer, else this interpreter."""
     if "Slicer" in Path(sys.executable).name:
-        candidate = shutil.which("PythonSlicer") or str(Path(sys.executable).with_name("PythonSlicer"))
-        if Path(candidate).exists() or shutil.which(candidate):
-            return candidate
+        name = "PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer"
+        for candidate in (Path(sys.executable).with_name(name), shutil.which("PythonSlicer")):
+            if candidate and Path(candidate).is_file():
+                return str(candidate)
     return sys.executable
 
 

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:] if getattr(slicer, "app", None) is None else None)
+    code = main()
     if getattr(slicer, "app", None) is not None:
         slicer.util.exit(code)
     sys.exit(code)
