@@ -1,0 +1,129 @@
+"""Load the engine's output folder (manifest, images, segmentations, fields) into MRML nodes; no Qt."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+import slicer
+
+from .geometry import sameGrid
+from .segments import buildSegmentationNode, masksFromLabels, readSegmentationFile, segmentIds
+from .transforms import fieldImageToGridTransformNode, showAsGrid
+
+
+@dataclass
+class SampleResult:
+    """One generated sample: its nodes, quality figures (from the engine) and generation settings."""
+
+    volumeNode: object
+    segmentationNode: object | None
+    transformNode: object
+    metrics: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def nodes(self) -> list:
+        """The MRML nodes of this sample (segmentation omitted when absent)."""
+        return [n for n in (self.volumeNode, self.segmentationNode, self.transformNode) if n is not None]
+
+
+def readManifest(manifestPath: Path) -> dict:
+    """The engine's manifest, checked for a list of samples."""
+    try:
+        manifest = json.loads(Path(manifestPath).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the engine's manifest {manifestPath}: {exc}") from exc
+    if not isinstance(manifest.get("samples"), list) or not manifest["samples"]:
+        raise ValueError(f"the engine's manifest {manifestPath} lists no samples")
+    return manifest
+
+
+def _readOnGrid(path: Path, inputVolumeNode, what: str) -> sitk.Image:
+    image = sitk.ReadImage(str(path))
+    if not sameGrid(image, inputVolumeNode):
+        raise ValueError(f"the engine's {what} {path.name} does not lie on the input volume's grid")
+    return image
+
+
+def _volumeNode(scene, name: str, image: sitk.Image, inputVolumeNode):
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    node.CopyOrientation(inputVolumeNode)
+    scene.AddNode(node)
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    node.CreateDefaultDisplayNodes()
+    source = inputVolumeNode.GetDisplayNode()
+    if source is not None and hasattr(source, "GetWindow"):
+        display = node.GetDisplayNode()
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevel(source.GetWindow(), source.GetLevel())
+        if source.GetColorNodeID():
+            display.SetAndObserveColorNodeID(source.GetColorNodeID())
+    return node
+
+
+def loadSample(scene, folder: Path, sample: dict, number: int, inputVolumeNode, inputSegmentationNode=None,
+               settings: dict | None = None) -> SampleResult:
+    """Create the nodes of one manifest sample, named ``<input>_drdm_<number>``; removes them on failure."""
+    baseName = f"{inputVolumeNode.GetName()}_drdm_{number}"
+    created: list = []
+    try:
+        image = _readOnGrid(folder / sample["image"], inputVolumeNode, "image")
+        volumeNode = _volumeNode(scene, baseName, image, inputVolumeNode)
+        created.append(volumeNode)
+        segmentationNode = None
+        if inputSegmentationNode is not None and segmentIds(inputSegmentationNode):
+            if not sample.get("labels"):
+                raise ValueError("the engine returned no segmentation for a sample")
+            _readOnGrid(folder / sample["labels"], inputVolumeNode, "segmentation")
+            labels, labelValues = readSegmentationFile(folder / sample["labels"])
+            masks = masksFromLabels(labels, labelValues, segmentIds(inputSegmentationNode))
+            segmentationNode = buildSegmentationNode(scene, f"{inputSegmentationNode.GetName()}_drdm_{number}",
+                                                     inputSegmentationNode, masks, volumeNode)
+            segmentationNode.CreateDefaultDisplayNodes()
+            created.append(segmentationNode)
+        fieldImage = _readOnGrid(folder / sample["field"], inputVolumeNode, "displacement field")
+        transformNode = fieldImageToGridTransformNode(fieldImage, scene, f"{baseName}_transform")
+        created.append(transformNode)
+        showAsGrid(transformNode, volumeNode)
+    except Exception:
+        for node in reversed(created):
+            scene.RemoveNode(node)
+        raise
+    return SampleResult(volumeNode, segmentationNode, transformNode, dict(sample.get("metrics", {})),
+                        dict(settings or {}))
+
+
+def nextSampleNumber(scene, inputVolumeNode) -> int:
+    """First k such that no volume named ``<input>_drdm_j`` with j >= k exists in the scene."""
+    prefix = f"{inputVolumeNode.GetName()}_drdm_"
+    numbers = [0]
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        name = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetName() or ""
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            numbers.append(int(name[len(prefix):]))
+    return max(numbers) + 1
+
+
+def loadResults(manifestPath, inputVolumeNode, inputSegmentationNode=None, scene=None,
+                settings: dict | None = None) -> list[SampleResult]:
+    """Load every sample of an engine manifest into ``scene``; all or nothing (no half-made nodes)."""
+    scene = scene or inputVolumeNode.GetScene()
+    manifestPath = Path(manifestPath)
+    manifest = readManifest(manifestPath)
+    first = nextSampleNumber(scene, inputVolumeNode)
+    sampleSettings = dict(settings or {})
+    sampleSettings["mode"] = manifest.get("mode")
+    results: list[SampleResult] = []
+    try:
+        for offset, sample in enumerate(manifest["samples"]):
+            results.append(loadSample(scene, manifestPath.parent, sample, first + offset, inputVolumeNode,
+                                      inputSegmentationNode, dict(sampleSettings, index=sample.get("index"))))
+    except Exception:
+        for result in results:
+            for node in result.nodes():
+                scene.RemoveNode(node)
+        raise
+    return results
+

@@ -1,0 +1,135 @@
+"""Run the engine's ``augment`` command as a separate process and follow its progress; no Qt, no torch.
+
+The engine prints ``drdm-progress <fraction 0..1> <text>`` lines on stdout and, on bad input,
+``drdm: error: <message>`` on stderr with exit code 2.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+PROGRESS_PREFIX = "drdm-progress"
+ERROR_PREFIX = "drdm: error:"
+
+
+def engineSearchPath() -> str:
+    """Folder that holds the ``drdm_engine`` package: installed beside the module, or the source tree root.
+
+    Found without importing the engine (which would import torch into the calling process).
+    """
+    spec = importlib.util.find_spec("drdm_engine")
+    if spec is not None and spec.origin:
+        return str(Path(spec.origin).resolve().parent.parent)
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent, here.parent.parent):
+        if (folder / "drdm_engine" / "__init__.py").is_file():
+            return str(folder)
+    raise FileNotFoundError("the drdm_engine package was not found beside the DRDMSlicer module; "
+                            "reinstall the DRDMSlicer extension")
+
+
+def workerPython() -> str:
+    """Python executable for the worker: Slicer's ``PythonSlicer`` inside Slicer, else this interpreter."""
+    if "Slicer" in Path(sys.executable).name:
+        name = "PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer"
+        for candidate in (Path(sys.executable).with_name(name), shutil.which("PythonSlicer")):
+            if candidate and Path(candidate).is_file():
+                return str(candidate)
+    return sys.executable
+
+
+def augmentCommand(python: str, imagePath: str, labelsPath: str | None, outFolder: str, samples: int,
+                   depth: int, seed: int, model: str | None = None, device: str = "auto") -> list[str]:
+    """Command line of ``python -m drdm_engine augment`` following the engine's contract."""
+    command = [python, "-m", "drdm_engine", "augment", imagePath]
+    if labelsPath:
+        command += ["--labels", labelsPath]
+    command += ["--samples", str(samples), "--depth", str(depth), "--seed", str(seed), "--out", outFolder,
+                "--device", device, "--progress-lines"]
+    if model:
+        command += ["--model", model]
+    return command
+
+
+class EngineJob:
+    """A running worker process whose stdout progress lines and stderr are collected by reader threads."""
+
+    def __init__(self, command: list[str], engineFolder: str | None = None) -> None:
+        env = dict(os.environ)
+        if engineFolder:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (engineFolder, env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.command = command
+        self.fraction = 0.0
+        self.message = "starting"
+        self.cancelled = False
+        self._stderr: list[str] = []
+        self._log: list[str] = []
+        self._lock = threading.Lock()
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+        self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, True), daemon=True),
+                         threading.Thread(target=self._read, args=(self._process.stderr, False), daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream, isStdout: bool) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            with self._lock:
+                if isStdout and line.startswith(PROGRESS_PREFIX + " "):
+                    parts = line.split(" ", 2)
+                    try:
+                        self.fraction = min(1.0, max(0.0, float(parts[1])))
+                    except (IndexError, ValueError):
+                        self._log.append(line)
+                        continue
+                    self.message = parts[2] if len(parts) > 2 else ""
+                elif isStdout:
+                    self._log.append(line)
+                else:
+                    self._stderr.append(line)
+        stream.close()
+
+    def running(self) -> bool:
+        """True while the worker process has not exited."""
+        return self._process.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process and its output readers; returns the exit code."""
+        code = self._process.wait(timeout)
+        for reader in self._readers:
+            reader.join()
+        return code
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll()
+
+    def cancel(self) -> None:
+        """Kill the worker (no partial results are loaded) and wait for it to exit."""
+        self.cancelled = True
+        if self.running():
+            self._process.kill()
+        self.wait()
+
+    def log(self) -> list[str]:
+        """Non-progress stdout lines and all stderr lines so far."""
+        with self._lock:
+            return list(self._log) + list(self._stderr)
+
+    def errorMessage(self) -> str:
+        """One line describing why the worker failed (the engine's ``drdm: error:`` line when present)."""
+        with self._lock:
+            lines = [line for line in self._stderr if line.strip()]
+        for line in reversed(lines):
+            if line.startswith(ERROR_PREFIX):
+                return line[len(ERROR_PREFIX):].strip()
+        if lines:
+            return f"the DRDM engine failed (exit code {self.returncode}): {lines[-1].strip()}"
+        return f"the DRDM engine failed (exit code {self.returncode}) without a message"
