@@ -127,3 +127,22 @@ def test_working_grid_round_trip_on_oblique_anisotropic_volume():
     again = torch.nn.functional.grid_sample(back, grid_norm, align_corners=True)
     inner = (slice(None), slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
     assert float((again - x)[inner].abs().median()) < 20  # HU, two linear resamplings of a noisy phantom
+
+
+def test_2d_augment_with_the_imported_published_model(tmp_path, reference, capsys):
+    model = tmp_path / "cmr.pt"
+    assert main(["import-checkpoint", str(reference / "drdm_cmr_2d_published.pth"), str(model), "--size", "256",
+                 "--compose-padding", "zeros"]) == 0
+    assert main(["import-checkpoint", str(reference / "drdm_cmr_2d_published.pth"), str(model), "--size", "256"]) == 2
+    slice_path = reference / "cmr_slice_256.nii.gz"
+    code = main(["augment", str(slice_path), "--model", str(model), "--samples", "2", "--depth", "3",
+                 "--recovery", "from-depth", "--out", str(tmp_path / "o")])
+    assert code == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["mode"] == "drdm" and manifest["model"]["meta"]["ndims"] == 2
+    assert "recovery step 4/4" in capsys.readouterr().err  # from depth 3: steps 3, 2, 1, 0
+    source = sitk.ReadImage(str(slice_path))
+    for entry in manifest["samples"]:
+        out = sitk.ReadImage(str(tmp_path / "o" / entry["image"]))
+        assert out.GetDimension() == 2 and Geometry.of(out).matches(Geometry.of(source))
+        assert sitk.ReadImage(str(tmp_path / "o" / entry["field"])).GetNumberOfComponentsPerPixel() == 2

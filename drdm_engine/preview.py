@@ -18,11 +18,14 @@ def _window(slice_: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((slice_ - lo) / max(hi - lo, 1e-12), 0, 1)
 
 
-def _grid_mask(pos_mm: list[np.ndarray], step_mm: float, width_mm: float) -> np.ndarray:
-    """True where any in-plane coordinate (mm) is within ``width_mm / 2`` of a multiple of ``step_mm``."""
+def _grid_mask(pos_mm: list[np.ndarray], step_mm: float) -> np.ndarray:
+    """True on pixels where the grid cell (``floor(pos / step_mm)`` of any in-plane coordinate) changes
+    to the next pixel down or right: continuous one-pixel lines however the field stretches."""
     mask = np.zeros(pos_mm[0].shape, dtype=bool)
     for p in pos_mm:
-        mask |= np.abs(p - step_mm * np.round(p / step_mm)) < width_mm / 2
+        cell = np.floor(p / step_mm)
+        mask[:-1, :] |= cell[:-1, :] != cell[1:, :]
+        mask[:, :-1] |= cell[:, :-1] != cell[:, 1:]
     return mask
 
 
@@ -48,10 +51,9 @@ def render_preview(before: np.ndarray, after: np.ndarray, u_voxels: np.ndarray, 
     lo, hi = np.percentile(before, [1, 99])
     extent = [n * s for n, s in zip(before.shape, spacing)]
     step = float(max(extent)) / 12
-    width = max(spacing) * 0.8
     index = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in before.shape], indexing="ij")
-    straight = _grid_mask([i * s for i, s in zip(index, spacing)], step, width)
-    pulled = _grid_mask([(i + u) * s for i, u, s in zip(index, u_voxels, spacing)], step, width)
+    straight = _grid_mask([i * s for i, s in zip(index, spacing)], step)
+    pulled = _grid_mask([(i + u) * s for i, u, s in zip(index, u_voxels, spacing)], step)
     values = sorted(set(np.unique(labels_before).tolist()) - {0}) if labels_before is not None else []
     palette = {v: (np.asarray(colours[v], np.float32) * 255 if colours and v in colours else PALETTE[i % len(PALETTE)])
                for i, v in enumerate(values)}
@@ -60,7 +62,7 @@ def render_preview(before: np.ndarray, after: np.ndarray, u_voxels: np.ndarray, 
     gap = np.full((before.shape[0], 4, 3), 255.0)
     canvas = Image.fromarray(np.concatenate([left, gap, right], axis=1).astype(np.uint8))
     scale = max(1.0, 320 / max(extent) * min(spacing))
-    size = (int(round((2 * extent[1] / min(spacing) + 4) * scale / 1)), int(round(extent[0] / min(spacing) * scale)))
+    size = (int(round((2 * extent[1] / min(spacing) + 4) * scale)), int(round(extent[0] / min(spacing) * scale)))
     canvas = canvas.resize(size, Image.NEAREST)
     banner = Image.new("RGB", (canvas.width, 18), (0, 0, 0))
     ImageDraw.Draw(banner).text((4, 3), f"input | DRDM output  grid {step:.0f} mm  {title}", fill=(255, 255, 255))
