@@ -67,14 +67,20 @@ def _array(image: sitk.Image) -> torch.Tensor:
     return torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
 
 
+def _label_array(image: sitk.Image) -> torch.Tensor:
+    """Label map as uint8 (values up to 255) or int32, not int64: a full-size label map stays small."""
+    array = sitk.GetArrayFromImage(image)
+    return torch.from_numpy(array if array.dtype == np.uint8 else array.astype(np.int32))
+
+
 def _restore_type(array: np.ndarray, like: sitk.Image) -> sitk.Image:
-    out = sitk.GetImageFromArray(array)
-    if like.GetPixelID() != sitk.sitkFloat32:
-        info = np.iinfo(sitk.GetArrayViewFromImage(like).dtype) if np.issubdtype(
-            sitk.GetArrayViewFromImage(like).dtype, np.integer) else None
-        if info is not None:
-            out = sitk.GetImageFromArray(np.clip(np.rint(array), info.min, info.max))
-        out = sitk.Cast(out, like.GetPixelID())
+    """SimpleITK image of ``array`` with ``like``'s pixel type (floats rounded and clipped into an
+    integer type's range) and geometry."""
+    target = sitk.GetArrayViewFromImage(like).dtype
+    if np.issubdtype(target, np.integer) and array.dtype.kind == "f":
+        info = np.iinfo(target)
+        array = np.clip(np.rint(array), info.min, info.max)
+    out = sitk.Cast(sitk.GetImageFromArray(array.astype(target, copy=False)), like.GetPixelID())
     Geometry.of(like).apply_to(out)
     return out
 
@@ -110,7 +116,7 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     with torch.inference_mode():
         ws = sample_fields(working, samples, depth, model.net if model else None, schedule, settings, generator, step)
         composed = ws.composed.float().cpu()
-        label_tensor = _array(labels.image).long() if labels is not None else None
+        label_tensor = _label_array(labels.image) if labels is not None else None
         cases = []
         for k in range(samples):
             cases.append(_apply(x, label_tensor, composed[k:k + 1], grid, image, labels))
