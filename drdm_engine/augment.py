@@ -6,7 +6,7 @@ full-resolution input is warped with it (pull convention ``out(x) = in(x + u(x))
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -54,13 +54,22 @@ def resolve_model(model: str | None, ndims: int, device: torch.device) -> Loaded
 @dataclass
 class AugmentedCase:
     """One sample: ``image`` and ``labels`` on the input grid (input pixel types), ``field`` the pull
-    displacement in LPS mm as a float32 vector image on the input grid, and quality ``metrics``."""
+    displacement ``(*shape, nd)`` in LPS mm (float32, array order) on the input grid ``geometry``, and
+    quality ``metrics``."""
 
     image: sitk.Image
     labels: sitk.Image | None
-    field: sitk.Image
+    field: np.ndarray
+    geometry: Geometry
     metrics: dict
-    preview: dict = field(default_factory=dict)
+    preview: dict
+
+    def field_image(self) -> sitk.Image:
+        """The field as a SimpleITK vector image (a copy), usable in ``sitk.DisplacementFieldTransform``
+        after a cast to ``sitkVectorFloat64``."""
+        image = sitk.GetImageFromArray(self.field, isVector=True)
+        self.geometry.apply_to(image)
+        return image
 
 
 def _array(image: sitk.Image) -> torch.Tensor:
@@ -132,7 +141,7 @@ def _apply(x: torch.Tensor, label_tensor: torch.Tensor | None, working_field: to
     shape = geometry.shape
     rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
     out = torch.empty_like(x)
-    u_lps = torch.empty((geometry.ndims, *shape), dtype=torch.float32)
+    u_lps = torch.empty((*shape, geometry.ndims), dtype=torch.float32)
     warper = LabelWarper(label_tensor) if label_tensor is not None else None
 
     def field_fn(start: int, stop: int) -> torch.Tensor:
@@ -141,25 +150,23 @@ def _apply(x: torch.Tensor, label_tensor: torch.Tensor | None, working_field: to
     centre = shape[0] // 2 if geometry.ndims == 3 else None
     for start, stop, u, pos in slab_positions(shape, field_fn, rows):
         out[:, :, start:stop] = sample_rows(x, pos, "bilinear")
-        u_lps[:, start:stop] = voxels_to_physical(u, geometry)[0]
+        u_lps[start:stop] = voxels_to_physical(u, geometry)[0].movedim(0, -1)
         if centre is None:
             u_slice = u[0]
         elif start <= centre < stop:
             u_slice = u[0, 1:, centre - start]
         if warper is not None:
             warper.add_slab(start, stop, pos)
-    metrics = {**folding(working_field), **displacement_stats(u_lps)}
+    metrics = {**folding(working_field), **displacement_stats(u_lps.movedim(-1, 0))}
     out_labels = None
     if warper is not None:
         warped = warper.result()
         metrics.update(label_agreement(label_tensor, warped, labels.names))
         out_labels = _restore_type(warped.numpy(), labels.image)
-    field_image = sitk.GetImageFromArray(np.moveaxis(u_lps.numpy(), 0, -1), isVector=True)
-    geometry.apply_to(field_image)
     pick = (lambda a: a) if centre is None else (lambda a: a[centre])
     preview = {"before": pick(x[0, 0].numpy()), "after": pick(out[0, 0].numpy()), "u_voxels": u_slice.numpy(),
                "spacing": tuple(reversed(geometry.spacing))[-2:],
                "labels_before": None if label_tensor is None else pick(label_tensor.numpy()),
                "labels_after": None if out_labels is None else pick(sitk.GetArrayFromImage(out_labels))}
-    return AugmentedCase(_restore_type(out[0, 0].numpy(), image), out_labels, field_image, metrics, preview)
+    return AugmentedCase(_restore_type(out[0, 0].numpy(), image), out_labels, u_lps.numpy(), geometry, metrics, preview)
 

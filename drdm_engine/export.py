@@ -17,7 +17,7 @@ from . import __version__
 from .augment import AugmentedCase
 from .checkpoint import LoadedModel, describe
 from .errors import DRDMError
-from .io import Labels, stem_of, suffix_of, write_image, write_json, write_segmentation
+from .io import Labels, stem_of, suffix_of, write_displacement_field, write_image, write_json, write_segmentation
 from .preview import render_preview
 
 MANIFEST = "manifest.json"
@@ -67,7 +67,7 @@ def write_run(out: Path, image_path: str, labels_path: str | None, labels: Label
                 write_segmentation(case.labels, labels, out / names["labels"])
             else:
                 write_image(case.labels, out / names["labels"])
-        write_image(case.field, out / names["field"])
+        write_displacement_field(case.field, case.geometry, out / names["field"])
         p = case.preview
         tmp = out / f".tmp{os.getpid()}_{names['preview']}"
         render_preview(p["before"], p["after"], p["u_voxels"], p["spacing"], tmp, p["labels_before"],

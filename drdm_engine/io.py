@@ -161,3 +161,41 @@ def write_json(data: dict, path: str | os.PathLike) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _nrrd_vector(values) -> str:
+    return "(" + ",".join(repr(float(v)) for v in values) + ")"
+
+
+def write_displacement_field(field: np.ndarray, geometry: Geometry, path: str | os.PathLike,
+                             rows_per_chunk: int = 8) -> None:
+    """Write an ITK displacement field ``(*shape, nd)`` (LPS mm, float32, array order) as a gzip NRRD,
+    streamed in chunks of ``rows_per_chunk`` rows so no second full-size copy is made; atomic.
+
+    The header is the one ITK/SimpleITK writes for a vector image (``kinds: vector domain ...``), so
+    ``sitk.ReadImage`` and Slicer read it back as a displacement field on ``geometry``'s grid.
+    """
+    import gzip
+
+    nd = geometry.ndims
+    if field.shape != (*geometry.shape, nd):
+        raise ValueError(f"field shape {field.shape} does not match the grid {geometry.shape} x {nd}")
+    direction = geometry.direction_matrix
+    axes = " ".join(_nrrd_vector(direction[:, i] * geometry.spacing[i]) for i in range(nd))
+    space = "space: left-posterior-superior" if nd == 3 else "space dimension: 2"
+    header = (f"NRRD0004\ntype: float\ndimension: {nd + 1}\n{space}\n"
+              f"sizes: {nd} {' '.join(str(s) for s in geometry.size)}\n"
+              f"space directions: none {axes}\nkinds: vector {' '.join(['domain'] * nd)}\n"
+              f"endian: little\nencoding: gzip\nspace origin: {_nrrd_vector(geometry.origin)}\n\n")
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(header.encode("ascii"))
+            with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1, mtime=0) as stream:
+                for start in range(0, field.shape[0], rows_per_chunk):
+                    chunk = np.ascontiguousarray(field[start:start + rows_per_chunk], dtype="<f4")
+                    stream.write(chunk.tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
