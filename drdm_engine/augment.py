@@ -84,11 +84,12 @@ def _label_array(image: sitk.Image) -> torch.Tensor:
 
 def _restore_type(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     """SimpleITK image of ``array`` with ``like``'s pixel type (floats rounded and clipped into an
-    integer type's range) and geometry."""
+    integer type's range, in place: ``array`` is scratch) and geometry."""
     target = sitk.GetArrayViewFromImage(like).dtype
     if np.issubdtype(target, np.integer) and array.dtype.kind == "f":
         info = np.iinfo(target)
-        array = np.clip(np.rint(array), info.min, info.max)
+        np.rint(array, out=array)
+        np.clip(array, info.min, info.max, out=array)
     out = sitk.Cast(sitk.GetImageFromArray(array.astype(target, copy=False)), like.GetPixelID())
     Geometry.of(like).apply_to(out)
     return out
@@ -163,10 +164,10 @@ def _apply(x: torch.Tensor, label_tensor: torch.Tensor | None, working_field: to
         warped = warper.result()
         metrics.update(label_agreement(label_tensor, warped, labels.names))
         out_labels = _restore_type(warped.numpy(), labels.image)
-    pick = (lambda a: a) if centre is None else (lambda a: a[centre])
+    pick = (lambda a: a.copy()) if centre is None else (lambda a: a[centre].copy())
     preview = {"before": pick(x[0, 0].numpy()), "after": pick(out[0, 0].numpy()), "u_voxels": u_slice.numpy(),
                "spacing": tuple(reversed(geometry.spacing))[-2:],
                "labels_before": None if label_tensor is None else pick(label_tensor.numpy()),
-               "labels_after": None if out_labels is None else pick(sitk.GetArrayFromImage(out_labels))}
+               "labels_after": None if out_labels is None else pick(sitk.GetArrayViewFromImage(out_labels))}
     return AugmentedCase(_restore_type(out[0, 0].numpy(), image), out_labels, u_lps.numpy(), geometry, metrics, preview)
 
