@@ -8,9 +8,23 @@ the voxel where its warped indicator is largest.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .geometry import sample_rows, source_rows
+
+
+CHUNK = 1 << 24
+
+
+def label_values(labels: torch.Tensor) -> list[int]:
+    """Sorted label values present in ``labels``, chunk by chunk (``torch.unique`` on a 512x512x300
+    map costs over 1 GB of scratch memory; this costs one chunk)."""
+    flat = labels.reshape(-1).numpy()
+    found: set[int] = set()
+    for start in range(0, flat.size, CHUNK):
+        found.update(np.unique(flat[start:start + CHUNK]).tolist())
+    return sorted(found)
 
 
 class LabelWarper:
@@ -18,7 +32,7 @@ class LabelWarper:
 
     def __init__(self, labels: torch.Tensor):
         self.labels = labels
-        self.values = torch.unique(labels).tolist()
+        self.values = label_values(labels)
         self.out = torch.zeros_like(labels)
         self.peak = {v: (-1.0, 0) for v in self.values}
 
@@ -44,7 +58,7 @@ class LabelWarper:
 
     def result(self) -> torch.Tensor:
         """The warped label map; labels lost by the argmax are restored at their strongest voxel."""
-        present = set(torch.unique(self.out).tolist())
+        present = set(label_values(self.out))
         for value, (_, index) in self.peak.items():
             if value not in present:
                 self.out.view(-1)[index] = value

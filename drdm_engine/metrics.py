@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import fields
+from .labels import label_values
 
 
 def displacement_stats(u_mm: torch.Tensor) -> dict[str, float]:
@@ -24,7 +25,7 @@ def label_agreement(before: torch.Tensor, after: torch.Tensor, names: dict[int, 
     """Per foreground label: Dice of ``after`` against ``before`` and relative volume change
     ``(V_after - V_before) / V_before``. Keys are segment names (or the label value)."""
     dice, volume = {}, {}
-    for value in torch.unique(before).tolist():
+    for value in label_values(before):
         if value == 0:
             continue
         a, b = before == value, after == value
