@@ -158,7 +158,7 @@ def _apply(x: torch.Tensor, label_tensor: torch.Tensor | None, working_field: to
             u_slice = u[0, 1:, centre - start]
         if warper is not None:
             warper.add_slab(start, stop, pos)
-    metrics = {**folding(working_field), **displacement_stats(u_lps.movedim(-1, 0))}
+    metrics = {**folding(working_field), **displacement_stats(u_lps)}
     out_labels = None
     if warper is not None:
         warped = warper.result()

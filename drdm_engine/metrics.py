@@ -7,11 +7,12 @@ from . import fields
 from .labels import label_values
 
 
-def displacement_stats(u_mm: torch.Tensor) -> dict[str, float]:
-    """Mean and 99th percentile of ``|u|`` in mm over all voxels; ``u_mm`` ``(nd, *shape)``."""
-    norm = u_mm.float().norm(dim=0).reshape(-1)
-    if norm.numel() > 1 << 22:
-        norm = norm[:: norm.numel() // (1 << 22) + 1]
+def displacement_stats(u_mm: torch.Tensor, max_voxels: int = 1 << 22) -> dict[str, float]:
+    """Mean and 99th percentile of ``|u|`` in mm; ``u_mm`` ``(*shape, nd)`` (vectors last). Large fields
+    are subsampled on a regular stride to at most ``max_voxels`` voxels (no full-size temporaries)."""
+    vectors = u_mm.reshape(-1, u_mm.shape[-1])
+    vectors = vectors[:: vectors.shape[0] // max_voxels + 1]
+    norm = vectors.float().norm(dim=1)
     return {"displacement_mean_mm": float(norm.mean()), "displacement_p99_mm": float(torch.quantile(norm, 0.99))}
 
 
