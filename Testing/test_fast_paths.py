@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from drdm_engine import fields, sampler
-from drdm_engine.diffusion import DiffusionSchedule, forward_fields
+from drdm_engine.diffusion import DiffusionSchedule, _to_image_grid, forward_fields
 from drdm_engine.network import RecResACNet
 
 REFERENCE = Path("/work/shared/reference")
@@ -132,3 +132,14 @@ def test_published_network_parity_on_the_fast_path():
         out = model(torch.cat([image, warped]), torch.tensor([40, 40]))
     assert np.abs(out[0].numpy() - fixture["net_out_clean_t40"]).max() <= 1e-5
     assert np.abs(out[1].numpy() - fixture["net_out_warped_t40"]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("ndims, size, side", [(2, 256, 64), (3, 32, 16), (3, 24, 16)])
+def test_separable_crop_equals_published_upsample_and_crop(ndims, size, side):
+    schedule = DiffusionSchedule(control_size=side)
+    control = torch.randn((2, ndims) + (side,) * ndims, generator=torch.Generator().manual_seed(6))
+    mode = "bilinear" if ndims == 2 else "trilinear"
+    up = torch.nn.functional.interpolate(control, size=(2 * size,) * ndims, mode=mode, align_corners=False)
+    crop = up[(slice(None), slice(None)) + (slice(size // 2, size // 2 + size),) * ndims]
+    expected = crop * (schedule.gain(size) * size / side)
+    assert torch.allclose(_to_image_grid(control, size, schedule), expected, atol=1e-5, rtol=1e-5)
