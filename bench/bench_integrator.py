@@ -13,7 +13,7 @@ import torch
 
 from drdm_engine import fields
 from drdm_engine.diffusion import DiffusionSchedule, forward_fields, random_velocity, steps_full
-from timing import machine, median_time, row
+from timing import machine, measure, row
 
 STATS = Path("/work/shared/reference/forward_field_stats.json")
 
@@ -41,12 +41,14 @@ def main() -> None:
     print(machine())
     n = int(steps_full(torch.tensor([args.t]))[0])
     print(f"3D {args.size}^3, t = {args.t}: {n} compositions of the 64^3 control field")
-    seq, seq_spread = median_time(lambda: _field(args.t, args.size, fields.power_sequential, 0), args.repeats)
-    fast, fast_spread = median_time(lambda: _field(args.t, args.size, fields.power, 0), args.repeats)
-    velocity, v_spread = median_time(lambda: random_velocity(1, 3, DiffusionSchedule(), 4e-5), args.repeats)
-    print(row("diffusion-only field, sequential (published)", seq, seq_spread))
-    print(row("diffusion-only field, binary exponentiation", fast, fast_spread, seq))
-    print(row("  of which one random_velocity draw", velocity, v_spread))
+    times = measure({
+        "diffusion-only field, sequential (published)": lambda: _field(args.t, args.size, fields.power_sequential, 0),
+        "diffusion-only field, binary exponentiation": lambda: _field(args.t, args.size, fields.power, 0),
+        "  of which one random_velocity draw": lambda: random_velocity(1, 3, DiffusionSchedule(), 4e-5),
+    }, args.repeats)
+    baseline = times["diffusion-only field, sequential (published)"][0]
+    for label, (seconds, spread) in times.items():
+        print(row(label, seconds, spread, baseline if "binary" in label else None))
     case = f"3d_{args.size}_t{args.t}"
     published = json.loads(STATS.read_text())["cases"].get(case)
     if published:

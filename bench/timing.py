@@ -10,14 +10,16 @@ from typing import Callable
 import torch
 
 
-def median_time(work: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median and spread (max - min) in seconds of ``repeats`` calls of ``work``."""
-    times = []
+def measure(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Median and spread (max - min), in seconds, of ``repeats`` calls of each work. The works run
+    round-robin, so that load from other processes on a shared CPU hits all of them alike."""
+    times: dict[str, list[float]] = {label: [] for label in works}
     for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), max(times) - min(times)
+        for label, work in works.items():
+            start = time.perf_counter()
+            work()
+            times[label].append(time.perf_counter() - start)
+    return {label: (statistics.median(t), max(t) - min(t)) for label, t in times.items()}
 
 
 def machine() -> str:
