@@ -33,17 +33,29 @@ def identity_grid(spatial: tuple[int, ...], device=None, dtype=torch.float32) ->
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
+def voxel_sides(spatial: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Grid sides ``N`` per channel as a ``(1, nd, 1, ..., 1)`` tensor on ``device`` (cached): multiplies a
+    normalised field (published units) into voxels without a host-to-device copy per call."""
+    return _cached_sides(tuple(int(n) for n in spatial), torch.device(device), dtype)
+
+
+@lru_cache(maxsize=32)
+def _cached_sides(spatial: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(spatial, device=device, dtype=dtype).view(1, -1, *([1] * len(spatial)))
+
+
 def _sampling_grid(u: torch.Tensor) -> torch.Tensor:
     """Voxel displacement ``(B, nd, *spatial)`` -> normalised ``grid_sample`` grid ``(B, *spatial, nd)``.
 
     Computed as ``(x + u) / ((N - 1) / 2) - 1`` in that order, the arithmetic of the published code:
-    recovery over 80 steps amplifies rounding differences, so the order matters for parity.
+    recovery over 80 steps amplifies rounding differences, so the order matters for parity. The
+    division and subtraction run in place on the fresh sum (same values, fewer allocations).
     """
     spatial = tuple(u.shape[2:])
     if min(spatial) < 2:
         raise ValueError(f"every spatial axis needs at least 2 voxels, got {spatial}")
     coords, half = _grid_constants(spatial, u.device, u.dtype)
-    return (u.movedim(1, -1).flip(-1) + coords) / half - 1
+    return (u.movedim(1, -1).flip(-1) + coords).div_(half).sub_(1)
 
 
 def warp(image: torch.Tensor, u: torch.Tensor, mode: Mode = "bilinear", padding: Padding = "zeros") -> torch.Tensor:
@@ -69,30 +81,58 @@ def power(v: torch.Tensor, n: torch.Tensor, padding: Padding = "border") -> torc
     """Self-composition ``v^n`` per batch element by binary exponentiation.
 
     ``v``: ``(B, nd, *spatial)`` voxels; ``n``: ``(B,)`` non-negative integers. Uses
-    ``O(log2 max n)`` compositions; ``v^0`` is the zero field. Powers of one field commute, so the
-    result equals ``n`` sequential compositions up to interpolation error.
+    ``O(log2 max n)`` compositions (at most ``2 * ceil(log2 max n)``); ``v^0`` is the zero field.
+    Powers of one field commute, so the result equals ``n`` sequential compositions up to
+    interpolation error. ``n`` is read once on the host: no device synchronisation in the loop.
     """
-    n = n.to(device=v.device, dtype=torch.long).clone()
-    if n.shape != (v.shape[0],) or bool((n < 0).any()):
+    counts = n.detach().to("cpu", torch.long)
+    if counts.shape != (v.shape[0],) or bool((counts < 0).any()):
         raise ValueError("n must be a (B,) tensor of non-negative integers")
-    result = torch.zeros_like(v)
-    empty = torch.ones_like(n, dtype=torch.bool)
+    if counts.numel() and bool((counts == counts[0]).all()):
+        return _power_uniform(v, int(counts[0]), padding)
+    return _power_mixed(v, counts, padding)
+
+
+def _power_uniform(v: torch.Tensor, n: int, padding: Padding) -> torch.Tensor:
+    """``v^n`` for one exponent ``n`` shared by the whole batch (the sampling case), voxels."""
+    result = None
     base = v
-    while bool((n > 0).any()):
-        take = (n & 1).bool()
-        fill = take & empty
-        if bool(fill.any()):
-            result[fill] = base[fill]
-        grow = take & ~empty
-        if bool(grow.any()):
-            result[grow] = compose(result[grow], base[grow], padding)
-        empty &= ~take
+    while n:
+        if n & 1:
+            result = base if result is None else compose(result, base, padding)
         n >>= 1
-        live = n > 0
-        if bool(live.any()):
-            base = base.clone()
-            base[live] = compose(base[live], base[live], padding)
+        if n:
+            base = compose(base, base, padding)
+    return torch.zeros_like(v) if result is None else result
+
+
+def _power_mixed(v: torch.Tensor, counts: torch.Tensor, padding: Padding) -> torch.Tensor:
+    """``v^n`` with per-element exponents ``counts`` (host ``(B,)``): each bit level composes only the
+    batch elements that need it, selected with index tensors built on the host."""
+    result = torch.zeros_like(v)
+    empty = torch.ones_like(counts, dtype=torch.bool)
+    base = v
+    while bool((counts > 0).any()):
+        take = (counts & 1).bool()
+        fill = _indices(take & empty, v.device)
+        if fill.numel():
+            result = result.index_copy(0, fill, base.index_select(0, fill))
+        grow = _indices(take & ~empty, v.device)
+        if grow.numel():
+            grown = compose(result.index_select(0, grow), base.index_select(0, grow), padding)
+            result = result.index_copy(0, grow, grown)
+        empty &= ~take
+        counts = counts >> 1
+        live = _indices(counts > 0, v.device)
+        if live.numel():
+            squared = compose(base.index_select(0, live), base.index_select(0, live), padding)
+            base = base.index_copy(0, live, squared)
     return result
+
+
+def _indices(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Positions of the true entries of a host boolean ``(B,)`` mask, as a long tensor on ``device``."""
+    return mask.nonzero().flatten().to(device)
 
 
 def power_sequential(v: torch.Tensor, n: torch.Tensor, padding: Padding = "border") -> torch.Tensor:

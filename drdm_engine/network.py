@@ -7,6 +7,7 @@ field ``(B, nd, *spatial)`` in the published *normalised* units (voxels = side x
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import fields
@@ -53,10 +54,20 @@ class AtrousBlock(nn.Module):
         y = self.conv0(x)
         if self.ln is not None:
             y = self.ln(y)
+        if torch.is_inference_mode_enabled():
+            return self._forward_inplace(y)
         z = y
         for conv in self.convs:
             z = conv(self.act(z))
         return self.act(z + y)
+
+    def _forward_inplace(self, y: torch.Tensor) -> torch.Tensor:
+        """Residual tail under ``torch.inference_mode`` only: the same operations in the same order,
+        activations and the residual sum written in place on tensors nothing else holds (fewer
+        full-size allocations). Training and ``no_grad`` (the reference path) keep the published ops."""
+        first, second = self.convs
+        z = second(F.leaky_relu_(first(self.act(y)), NEGATIVE_SLOPE))
+        return F.leaky_relu_(z.add_(y), NEGATIVE_SLOPE)
 
 
 def _stage(ndims: int, channels: tuple[int, ...], norm: bool) -> nn.Sequential:
@@ -126,7 +137,7 @@ class RecResACNet(nn.Module):
         if len(spatial) != self.ndims or any(s % 8 for s in spatial):
             raise ValueError(f"RecResACNet({self.ndims}D) needs (B, C, *spatial) with sides divisible by 8, "
                              f"got {tuple(image.shape)}")
-        sides = torch.tensor(spatial, dtype=image.dtype, device=image.device).view(1, -1, *([1] * self.ndims))
+        sides = fields.voxel_sides(tuple(spatial), image.device, image.dtype)
         limit = (sides - 1) / sides
         d = torch.maximum(torch.minimum(self.unet(image, t), limit), -limit)
         for _ in range(1, self.rec_num):

@@ -5,13 +5,15 @@ All fields here are ``(B, nd, *spatial)`` in working-grid voxels (channel ``c`` 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import weakref
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
 from . import fields
-from .diffusion import DiffusionSchedule, diffuse, forward_fields
+from .diffusion import DiffusionSchedule, Integrator, diffuse, forward_fields
 from .network import RecResACNet
 
 Progress = Callable[[int, int], None]
@@ -24,20 +26,57 @@ class RecoverySettings:
     """How recovery runs.
 
     ``schedule``: ``"published"`` runs every step ``T-1 … 0`` whatever the depth (published code);
-    ``"from-depth"`` runs ``T0 … 0`` (the paper's Algorithm 2, faster).
+    ``"from-depth"`` runs ``T0 … 0`` (the paper's Algorithm 2, faster; a different sampler).
     ``compose_padding``: padding of the field composition in the loop (published 2D: ``"zeros"``,
     3D: ``"border"``). ``image_mode``: interpolation of the image (``None``: bicubic 2D, linear 3D).
+
+    Speed levers (none changes the maths; see ``bench/README.md`` for their measured effect):
+    ``inference``: run under ``torch.inference_mode`` (in-place activations in the network);
+    ``channels_last``: channels-last memory format for the network input (the model is not converted);
+    ``autocast``: ``None`` (fp32) or ``torch.float16`` / ``torch.bfloat16`` for the network on the
+    image's device (fields stay fp32); ``compile``: run the network through ``torch.compile``.
     """
 
     schedule: str = "published"
     compose_padding: str = "border"
     image_mode: str | None = None
+    inference: bool = True
+    channels_last: bool = False
+    autocast: torch.dtype | None = None
+    compile: bool = False
 
     def steps(self, depth: int, timesteps: int) -> range:
+        """Network steps of one recovery, highest first."""
         if self.schedule not in RECOVERY_SCHEDULES:
             raise ValueError(f"recovery schedule must be one of {RECOVERY_SCHEDULES}, got {self.schedule!r}")
         first = timesteps - 1 if self.schedule == "published" else depth
         return range(first, -1, -1)
+
+
+REFERENCE = RecoverySettings(inference=False)
+"""The faithful published path: fp32, published schedule, eager network under ``torch.no_grad``."""
+
+
+def _grad_context(settings: RecoverySettings) -> contextlib.AbstractContextManager:
+    return torch.inference_mode() if settings.inference else torch.no_grad()
+
+
+def _autocast_context(settings: RecoverySettings, device: torch.device) -> contextlib.AbstractContextManager:
+    if settings.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=settings.autocast)
+
+
+_COMPILED: "weakref.WeakKeyDictionary[RecResACNet, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _network(model: RecResACNet, settings: RecoverySettings) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The callable that evaluates ``model`` under ``settings`` (compiled once per model when asked)."""
+    if not settings.compile:
+        return model
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model, dynamic=False)
+    return _COMPILED[model]
 
 
 def recover(model: RecResACNet, image: torch.Tensor, field: torch.Tensor, steps: range,
@@ -45,20 +84,26 @@ def recover(model: RecResACNet, image: torch.Tensor, field: torch.Tensor, steps:
     """Recovery loop: for each step ``i``, ``p = net(warp(image, D), i)`` and ``D <- compose(D, p)``.
 
     ``image`` ``(B, C, *spatial)`` is the undeformed input, ``field`` ``(B, nd, *spatial)`` the starting
-    field ``D`` (voxels). Returns the final ``D`` in voxels. ``progress(done, total)`` after each step.
+    field ``D`` (voxels); all ``B`` samples share one network call per step. Returns the final ``D`` in
+    voxels (fp32 whatever ``settings.autocast``). ``progress(done, total)`` after each step.
     """
-    sides = torch.tensor(image.shape[2:], dtype=field.dtype, device=field.device)
-    sides = sides.view(1, -1, *([1] * (image.dim() - 2)))
+    sides = fields.voxel_sides(tuple(image.shape[2:]), field.device, field.dtype)
+    network = _network(model, settings)
+    layout = torch.channels_last_3d if image.dim() == 5 else torch.channels_last
+    all_t = torch.tensor(list(steps), dtype=torch.long).to(image.device)
     batch = image.shape[0]
-    d = field
-    moved = diffuse(image, d, settings.image_mode)
-    for done, step in enumerate(steps, 1):
-        t = torch.full((batch,), step, dtype=torch.long, device=image.device)
-        p = model(moved, t).to(d.dtype) * sides
-        d = fields.compose(d, p, settings.compose_padding)
+    with _grad_context(settings):
+        d = field
         moved = diffuse(image, d, settings.image_mode)
-        if progress is not None:
-            progress(done, len(steps))
+        for done, t in enumerate(all_t.unsqueeze(1).expand(-1, batch), 1):
+            if settings.channels_last:
+                moved = moved.contiguous(memory_format=layout)
+            with _autocast_context(settings, image.device):
+                p = network(moved, t)
+            d = fields.compose(d, p.to(d.dtype) * sides, settings.compose_padding)
+            moved = diffuse(image, d, settings.image_mode)
+            if progress is not None:
+                progress(done, len(steps))
     return d
 
 
@@ -76,10 +121,14 @@ def sample_fields(image: torch.Tensor, samples: int, depth: int, model: RecResAC
                   schedule: DiffusionSchedule = DiffusionSchedule(),
                   settings: RecoverySettings = RecoverySettings(),
                   generator: torch.Generator | None = None,
-                  progress: Progress | None = None) -> WorkingSamples:
+                  progress: Progress | None = None,
+                  integrator: Integrator = fields.power) -> WorkingSamples:
     """Draw ``samples`` DRDM fields for one image ``(1, C, *spatial)`` on a cubic working grid.
 
-    Without a model, the composed field is the random forward field at ``depth`` (diffusion only).
+    All samples are diffused and recovered as one batch (one network call per step). ``generator``
+    lives on the image's device. Without a model, the composed field is the random forward field at
+    ``depth`` (diffusion only). ``integrator``: :func:`fields.power` (default) or
+    :func:`fields.power_sequential` (published).
     """
     if not 0 <= depth < schedule.timesteps:
         raise ValueError(f"depth must be in 0…{schedule.timesteps - 1}, got {depth}")
@@ -87,9 +136,24 @@ def sample_fields(image: torch.Tensor, samples: int, depth: int, model: RecResAC
         raise ValueError(f"samples must be at least 1, got {samples}")
     nd, size = image.dim() - 2, image.shape[2]
     t = torch.full((samples,), depth, dtype=torch.long, device=image.device)
-    diffused, _ = forward_fields(t, nd, size, schedule, generator, with_clean=False)
+    with _grad_context(settings):
+        diffused, _ = forward_fields(t, nd, size, schedule, generator, integrator, with_clean=False)
     if model is None:
         return WorkingSamples(diffused, diffused, recovered=False)
     batch = image.expand(samples, *image.shape[1:])
     composed = recover(model, batch, diffused, settings.steps(depth, schedule.timesteps), settings, progress)
     return WorkingSamples(diffused, composed, recovered=True)
+
+
+def sample_fields_reference(image: torch.Tensor, samples: int, depth: int, model: RecResACNet | None,
+                            schedule: DiffusionSchedule = DiffusionSchedule(),
+                            compose_padding: str = "border", image_mode: str | None = None,
+                            generator: torch.Generator | None = None) -> WorkingSamples:
+    """The published way, kept as the in-run baseline of the benches: one sample at a time, sequential
+    composition, fp32, published schedule, eager ops under ``torch.no_grad``. Shapes as
+    :func:`sample_fields`."""
+    settings = replace(REFERENCE, compose_padding=compose_padding, image_mode=image_mode)
+    drawn = [sample_fields(image, 1, depth, model, schedule, settings, generator,
+                           integrator=fields.power_sequential) for _ in range(samples)]
+    return WorkingSamples(torch.cat([w.diffused for w in drawn]), torch.cat([w.composed for w in drawn]),
+                          recovered=model is not None)

@@ -1,0 +1,102 @@
+"""Regression guards on the amount of work sampling does (counts, not timings)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from drdm_engine import fields, sampler
+from drdm_engine.diffusion import DiffusionSchedule
+from drdm_engine.network import RecResACNet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny grids: one intra-op thread avoids thread hand-off stalls on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def composition_counter(monkeypatch):
+    """Counts calls of ``fields.compose`` (and the batch elements they cover)."""
+    calls: list[int] = []
+    original = fields.compose
+
+    def counting(a, b, padding="border"):
+        calls.append(a.shape[0])
+        return original(a, b, padding)
+
+    monkeypatch.setattr(fields, "compose", counting)
+    return calls
+
+
+def _field(batch: int, side: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, 2, side, side), generator=g) * 0.3
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 148, 200])
+def test_power_uses_logarithmic_compositions(composition_counter, n):
+    fields.power(_field(2), torch.tensor([n, n]))
+    assert len(composition_counter) <= 2 * max(1, math.ceil(math.log2(n)))
+
+
+def test_power_mixed_exponents_stay_logarithmic(composition_counter):
+    fields.power(_field(3), torch.tensor([200, 3, 0]))
+    assert len(composition_counter) <= 2 * math.ceil(math.log2(200))
+
+
+def test_power_sequential_is_the_linear_baseline(composition_counter):
+    fields.power_sequential(_field(1), torch.tensor([37]))
+    assert len(composition_counter) == 37
+
+
+class _CallCounter:
+    """Forward hook recording the batch size of every network call."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.batches: list[int] = []
+        model.register_forward_hook(lambda _m, args, _out: self.batches.append(args[0].shape[0]))
+
+
+def _tiny_model(timesteps: int) -> RecResACNet:
+    torch.manual_seed(0)
+    return RecResACNet(2, timesteps=timesteps).eval()
+
+
+@pytest.mark.parametrize("schedule, calls", [("published", 10), ("from-depth", 5)])
+def test_network_calls_per_sample(schedule, calls):
+    model = _tiny_model(10)
+    counter = _CallCounter(model)
+    image = torch.rand(1, 1, 16, 16)
+    settings = sampler.RecoverySettings(schedule=schedule)
+    sampler.sample_fields(image, 1, 4, model, DiffusionSchedule(timesteps=10, control_size=16), settings,
+                          torch.Generator().manual_seed(1))
+    assert counter.batches == [1] * calls
+
+
+def test_batched_sampling_calls_network_once_per_step():
+    model = _tiny_model(6)
+    counter = _CallCounter(model)
+    sampler.sample_fields(torch.rand(1, 1, 16, 16), 3, 2, model, DiffusionSchedule(timesteps=6, control_size=16),
+                          generator=torch.Generator().manual_seed(2))
+    assert counter.batches == [3] * 6
+
+
+def test_reference_path_is_one_sample_at_a_time():
+    model = _tiny_model(4)
+    counter = _CallCounter(model)
+    sampler.sample_fields_reference(torch.rand(1, 1, 16, 16), 2, 1, model,
+                                    DiffusionSchedule(timesteps=4, control_size=16),
+                                    generator=torch.Generator().manual_seed(3))
+    assert counter.batches == [1] * 8
+
+
+def test_fast_forward_field_integrates_with_binary_exponentiation(composition_counter):
+    sampler.sample_fields(torch.rand(1, 1, 16, 16), 2, 79, None, DiffusionSchedule(control_size=16),
+                          generator=torch.Generator().manual_seed(4))
+    assert len(composition_counter) <= 2 * math.ceil(math.log2(200))
