@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .. import checkpoint
 from ..checkpoint import ModelMeta
 from ..errors import DRDMError
@@ -42,4 +44,7 @@ def starting_network(config: TrainConfig, ndims: int) -> tuple[RecResACNet, dict
             if meta.ndims != ndims:
                 raise DRDMError(f"model {source} is {meta.ndims}D but the training data is {ndims}D")
         return net.train(), None
-    return RecResACNet(ndims).train(), None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = RecResACNet(ndims)
+    return net.train(), None

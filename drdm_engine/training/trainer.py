@@ -6,6 +6,7 @@ prediction ``p = net(input, t)`` (normalised); loss from :func:`losses.recovery_
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -153,13 +154,14 @@ class Trainer:
         """Write ``checkpoint.pt`` (weights, optimiser, step, random state of every rank) and ``model.pt``
         (weights and metadata only). ``all_ranks=False`` skips the gathering (after Ctrl-C)."""
         rng = self.group.gather(self._rng_state()) if all_ranks else [self._rng_state()]
+        digests = self.group.gather(weights_digest(self.model)) if all_ranks else [weights_digest(self.model)]
         if not self.group.main:
             return None
         self.meta.notes = {"steps": self.step, "batch_size": self.config.batch_size,
                            "world_size": self.group.world_size, "lr": self.config.lr}
         training = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                    "rng": rng, "config": self.config.to_dict()}
+                    "rng": rng, "weights_digest_per_rank": digests, "config": self.config.to_dict()}
         checkpoint.save_checkpoint(self.out / CHECKPOINT_NAME, self.model, self.meta, training=training)
         checkpoint.save_checkpoint(self.out / MODEL_NAME, self.model, self.meta)
         return self.out / CHECKPOINT_NAME
@@ -254,6 +256,14 @@ class Trainer:
                 print(f"step {self.step}: recovery error " + _format_report(last_report))
             print(f"drdm: trained {self.step} steps; model {self.out / MODEL_NAME}, resume state {path}")
         return self.step
+
+
+def weights_digest(net: torch.nn.Module) -> str:
+    """SHA-1 of every parameter's bytes: equal on all ranks of a healthy DDP run."""
+    digest = hashlib.sha1()
+    for tensor in net.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _format_report(report: dict[str, float]) -> str:
