@@ -47,6 +47,8 @@ def start(device: torch.device) -> ProcessGroup:
     if not launched_by_torchrun():
         return ProcessGroup()
     group = ProcessGroup(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if group.distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return group
