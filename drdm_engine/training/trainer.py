@@ -167,8 +167,8 @@ class Trainer:
         return self.out / CHECKPOINT_NAME
 
     # --- one step --------------------------------------------------------------------------------
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Network input, steps ``t`` ``(B,)`` and target ``F_clean`` (voxels) of one batch, plus the clean image."""
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Network input ``(B, C, N^nd)``, steps ``t`` ``(B,)`` and target ``F_clean`` ``(B, nd, N^nd)`` (voxels)."""
         volumes = self.data.train.volumes
         index = torch.randint(volumes.shape[0], (self.config.batch_size,), generator=self.sample_generator)
         x0 = volumes[index]
@@ -180,11 +180,11 @@ class Trainer:
             full, clean = forward_fields(t, self.ndims, self.config.size, self.schedule, self.field_generator,
                                          self.integrator)
             moved = diffuse(x0, full)
-        return moved, t, clean, x0
+        return moved, t, clean
 
     def train_step(self) -> tuple[LossTerms, torch.Tensor]:
         """One optimiser step; returns the loss terms and the batch's ``t``."""
-        moved, t, clean, _ = self.batch()
+        moved, t, clean = self.batch()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             p = self.net(moved, t)
