@@ -8,7 +8,8 @@ INIA19 is held out for validation (an anatomy the model never sees).
 
 Stages (default: all): ``gather`` writes list files; ``train`` trains (resuming WORK/checkpoint.pt when
 present; Ctrl-C / SIGINT saves and the later stages still run); ``export`` copies the weights-only
-model into drdm_engine/models; ``card`` measures the model and writes the model card.
+model into drdm_engine/models; ``card`` measures the model and writes the model card (``write-card``
+rewrites it from WORK/measurements.json).
 
     python scripts/train_default_model.py --work runs/default3d --steps 2000 --threads 1
 """
@@ -118,6 +119,19 @@ def measure(work: Path, samples: int, threads: int) -> dict:
     return result
 
 
+def verdict(result: dict) -> str:
+    """One honest sentence: do the model's samples fold or move more than diffusion-only fields?"""
+    drdm = max(stat["drdm"]["folding_fraction"] for stat in result["samples"].values())
+    diffusion = max(stat["diffusion_only"]["folding_fraction"] for stat in result["samples"].values())
+    if drdm > diffusion + 0.01:
+        return ("**Do not use this model for augmentation.** Undertrained, it predicts fields far larger "
+                "than one diffusion step (recovery error ≫ 1), so composing its T0 + 1 predictions folds "
+                f"up to {100 * drdm:.0f} % of the voxels and moves them by tens of voxels, while the "
+                "diffusion-only fields it starts from do not fold. Until a properly trained model "
+                "replaces it, `drdm augment` should default to diffusion-only (`--model none`).")
+    return ("Recovery is crude after so few steps; compare with diffusion-only samples before relying on it.")
+
+
 def write_card(result: dict, path: Path) -> None:
     """Model card with the measured numbers and what the model is (not) good for."""
     buckets = "\n".join(f"| {label} | {error:.3f} |" for label, error in result["recovery_error"].items())
@@ -126,7 +140,7 @@ def write_card(result: dict, path: Path) -> None:
         d, f = stat["drdm"], stat["diffusion_only"]
         rows.append(f"| {depth} | {100 * d['folding_fraction']:.3f} % | {d['mean_displacement_vox']:.2f} | "
                     f"{100 * f['folding_fraction']:.3f} % | {f['mean_displacement_vox']:.2f} |")
-    path.write_text(CARD.format(steps=result["steps"], minutes=result["wall_seconds"] / 60,
+    path.write_text(CARD.format(verdict=verdict(result), steps=result["steps"], minutes=result["wall_seconds"] / 60,
                                 hardware=result["hardware"], trained_on=result["trained_on"],
                                 validation=", ".join(result["validation"]), buckets=buckets,
                                 samples="\n".join(rows), per_depth=result["samples_per_depth"]))
@@ -134,11 +148,11 @@ def write_card(result: dict, path: Path) -> None:
 
 CARD = """# drdm_default_3d.pt: the bundled default 3D DRDM model
 
-**What it is:** a 3D RecResACNet (published architecture, rec_num 2, T = 80) trained with this
+**What it is:** an undertrained 3D RecResACNet (published architecture, rec_num 2, T = 80) trained with this
 repository's `drdm_engine.training` for **{steps} steps** (batch 1) at a **64³ working grid** on the
 CPU. That is a tiny fraction of the published recipe (≈ 800 GPU hours at 128³). It is a
-*weak, barely trained* model; it exists so that `drdm augment` and the Slicer module work out of
-the box and so the pipeline (train → checkpoint → sample) is exercised end to end.
+*weak, barely trained* model that exercises the pipeline (packaged data → train → checkpoint →
+sample) end to end; read the verdict below before using it.
 
 **What it is not:** not a reproduction of the published lung-CT model, not validated on any
 downstream task, not suitable for research conclusions. For real use, train on your own volumes
@@ -175,10 +189,8 @@ field vs the diffusion-only field `F_full(T0)` it started from (same random draw
 |---|---|---|---|---|
 {samples}
 
-## Known limits
-- Few hundred CPU steps at most: recovery is crude; the fields are essentially the diffusion fields
-  with a weak learned correction. Prefer diffusion-only mode or your own trained model when quality
-  matters.
+## Verdict and known limits
+- {verdict}
 - 64³ working grid: fine detail of large volumes is not modelled (the field is upsampled to the input).
 - Training anatomies: one chest CT and one human brain MR; other anatomies and modalities are
   out of distribution.
@@ -193,7 +205,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2, help="DRDM samples per depth for the card")
     parser.add_argument("--mricron", type=Path, default=MRICRON)
     parser.add_argument("--stages", nargs="+", default=["gather", "train", "export", "card"],
-                        choices=["gather", "train", "export", "card"])
+                        choices=["gather", "train", "export", "card", "write-card"],
+                        help="write-card: rewrite the card from WORK/measurements.json without measuring")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if "gather" in args.stages:
@@ -206,6 +219,8 @@ def main() -> None:
         result = measure(args.work, args.samples, args.threads)
         write_card(result, MODEL_DIR / "drdm_default_3d.md")
         print(json.dumps(result, indent=2))
+    if "write-card" in args.stages:
+        write_card(json.loads((args.work / "measurements.json").read_text()), MODEL_DIR / "drdm_default_3d.md")
 
 
 if __name__ == "__main__":
