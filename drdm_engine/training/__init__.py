@@ -1,0 +1,1 @@
+"""DRDM training: configuration, data, augmentations, losses, the training loop and evaluation."""

@@ -1,0 +1,83 @@
+"""DRDM training loss (spec section 4): ``MRSE + cosine + reg_weight * Reg``.
+
+The network predicts ``p`` in published normalised units (voxels / N); the target ``c = F_clean``
+arrives in voxels. MRSE and cosine compare ``q = warp(p, F_clean)`` with ``c`` in normalised units
+(as published); the folding penalty uses the true Jacobian determinant of ``x + N p(x)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import fields
+
+EPS = 1e-7
+GRADIENT_THRESHOLD = 1e-4
+
+
+def _sides(field: torch.Tensor) -> torch.Tensor:
+    """Grid side per channel, ``(1, nd, 1, ...)``, to convert normalised fields to voxels."""
+    nd = field.dim() - 2
+    return torch.tensor(field.shape[2:], dtype=field.dtype, device=field.device).view(1, nd, *([1] * nd))
+
+
+def mrse_per_sample(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Mean over voxels of ``|q + c|^2 / (|c|^2 + 1e-7)``, ``(B,)``; ``q``, ``c`` are ``(B, nd, *spatial)``
+    in the same units. 0 when ``q = -c``; 1 (for large ``c``) when ``q = 0``."""
+    ratio = (q + c).square().sum(1) / (c.square().sum(1) + EPS)
+    return ratio.flatten(1).mean(1)
+
+
+def cosine(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Mean over voxels and batch of ``q·c / sqrt(|q|^2 |c|^2 + 1e-7)``: -1 when ``q`` opposes ``c``."""
+    dot = (q * c).sum(1)
+    return (dot / torch.sqrt(q.square().sum(1) * c.square().sum(1) + EPS)).mean()
+
+
+def gradient_penalty(p: torch.Tensor, threshold: float = GRADIENT_THRESHOLD) -> torch.Tensor:
+    """Mean over spatial axes of ``mean(relu(|forward difference of p| - threshold))`` (published units)."""
+    nd = p.dim() - 2
+    terms = [torch.relu(torch.diff(p, dim=2 + a).abs() - threshold).mean() for a in range(nd)]
+    return torch.stack(terms).mean()
+
+
+def folding_penalty(u: torch.Tensor) -> torch.Tensor:
+    """``mean(relu(-det J))`` of ``x -> x + u(x)``, ``u`` ``(B, nd, *spatial)`` in voxels; 0 without folding."""
+    return torch.relu(-fields.jacobian_determinant(u)).mean()
+
+
+@dataclass
+class LossTerms:
+    """Scalar loss terms of one batch; ``total`` carries the gradient."""
+
+    total: torch.Tensor
+    mrse: torch.Tensor
+    cosine: torch.Tensor
+    gradient: torch.Tensor
+    folding: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {name: float(getattr(self, name).detach()) for name in ("total", "mrse", "cosine", "gradient", "folding")}
+
+
+def compose_with_target(p: torch.Tensor, clean: torch.Tensor, padding: str = "border") -> torch.Tensor:
+    """``q = warp(p, F_clean)``: the normalised prediction ``p`` sampled where ``F_clean`` (voxels) points."""
+    return fields.warp(p, clean, "bilinear", padding)
+
+
+def recovery_loss(p: torch.Tensor, clean: torch.Tensor, reg_weight: float = 10.0, fold_weight: float = 2.0,
+                  padding: str = "border") -> LossTerms:
+    """``MRSE + cosine + reg_weight * (gradient + fold_weight * folding)``.
+
+    ``p``: prediction ``(B, nd, *spatial)`` normalised (voxels / N); ``clean``: ``F_clean`` in voxels.
+    """
+    sides = _sides(p)
+    c = clean / sides
+    q = compose_with_target(p, clean, padding)
+    mrse = mrse_per_sample(q, c).mean()
+    cos = cosine(q, c)
+    grad = gradient_penalty(p)
+    fold = folding_penalty(p * sides)
+    total = mrse + cos + reg_weight * (grad + fold_weight * fold)
+    return LossTerms(total, mrse, cos, grad, fold)
