@@ -1,4 +1,4 @@
-"""The ``drdm`` command line: ``augment`` (the main job), ``import-checkpoint``, ``info``.
+"""The ``drdm`` command line: ``augment`` (the main job), ``import-checkpoint``, ``train``, ``evaluate``, ``info``.
 
 User errors print one line ``drdm: error: ...`` and exit with code 2.
 """
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder")
     aug.add_argument("--progress-lines", action="store_true",
                      help="print 'drdm-progress <fraction> <text>' lines on stdout instead of a bar")
-    aug.set_defaults(run=_augment)
+    aug.set_defaults(func=_augment)
 
     imp = sub.add_parser("import-checkpoint", help="convert a published RecResACNet state dict to a DRDM checkpoint")
     imp.add_argument("source", help="published .pth state dict")
@@ -146,11 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--compose-padding", choices=("zeros", "border"), default=None,
                      help="padding of the recovery composition (published 2D cardiac: zeros; 3D: border)")
     imp.add_argument("--overwrite", action="store_true")
-    imp.set_defaults(run=_import_checkpoint)
+    imp.set_defaults(func=_import_checkpoint)
+
+    from .training.cli import register
+
+    register(sub)
 
     info = sub.add_parser("info", help="show the engine version and the model in use")
     info.add_argument("--model", default=None)
-    info.set_defaults(run=_info)
+    info.set_defaults(func=_info)
     return parser
 
 
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        return args.func(args)
     except DRDMError as exc:
         print(f"drdm: error: {exc}", file=sys.stderr)
         return 2
