@@ -16,6 +16,17 @@ for folder in (ROOT, ROOT / "DRDMSlicer", ROOT / "Testing"):
 REFERENCE = ROOT.parent / "shared" / "reference"
 
 
+@pytest.fixture()
+def one_thread():
+    """Small grids: one intra-op thread avoids thread hand-off stalls on a shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def reference() -> Path:
     if not (REFERENCE / "parity_2d_cmr.npz").is_file():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,16 +11,7 @@ from drdm_engine import fields, sampler
 from drdm_engine.diffusion import DiffusionSchedule, _to_image_grid, forward_fields
 from drdm_engine.network import RecResACNet
 
-REFERENCE = Path("/work/shared/reference")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small grids: one intra-op thread avoids thread hand-off stalls on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(ndims: int, timesteps: int = 8) -> RecResACNet:
@@ -121,10 +111,10 @@ def test_recovery_on_cuda_matches_cpu():
     assert got.device.type == "cuda" and (got.cpu() - expected).abs().max() < 1e-3
 
 
-def test_published_network_parity_on_the_fast_path():
-    fixture = np.load(REFERENCE / "parity_2d_cmr.npz")
+def test_published_network_parity_on_the_fast_path(reference):
+    fixture = np.load(reference / "parity_2d_cmr.npz")
     model = RecResACNet(2)
-    model.load_state_dict(torch.load(REFERENCE / "drdm_cmr_2d_published.pth", map_location="cpu"), strict=True)
+    model.load_state_dict(torch.load(reference / "drdm_cmr_2d_published.pth", map_location="cpu"), strict=True)
     model.eval()
     image = torch.from_numpy(fixture["image"])[None, None]
     warped = torch.from_numpy(fixture["warped_t40"])[None, None]

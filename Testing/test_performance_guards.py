@@ -11,13 +11,7 @@ from drdm_engine.diffusion import DiffusionSchedule
 from drdm_engine.network import RecResACNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny grids: one intra-op thread avoids thread hand-off stalls on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from drdm_engine import fields
 from drdm_engine.diffusion import DiffusionSchedule, forward_fields, random_velocity, steps_full
 from timing import machine, measure, row
 
-STATS = Path("/work/shared/reference/forward_field_stats.json")
+STATS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "forward_field_stats.json"
 
 
 def _field(t: int, size: int, integrator, seed: int) -> torch.Tensor:

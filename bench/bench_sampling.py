@@ -20,7 +20,7 @@ from drdm_engine.diffusion import DiffusionSchedule, forward_fields
 from drdm_engine.network import RecResACNet
 from timing import machine, measure, row
 
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CASES = {"2d256": (2, 256, 48), "3d64": (3, 64, 64), "3d128": (3, 128, 64)}
 
 

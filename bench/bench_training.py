@@ -10,6 +10,7 @@ timed steps interleaved so that machine load hits both alike. Data: the chest CT
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import slicerio
@@ -57,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = args.data or [slicerio.get_testdata_file("CTChest4.nrrd")]
     for size in args.size:
-        base = dict(data=data, size=size, steps=10 ** 6, batch_size=1, out="/tmp/drdm_bench_training",
+        base = dict(data=data, size=size, steps=10 ** 6, batch_size=1, out=tempfile.mkdtemp(prefix="drdm_bench_training_"),
                     progress=False, device=args.device, augment=True, seed=0)
         cached = load_training_data(TrainConfig(**base))
         ours = Trainer(TrainConfig(**base, integrator="fast", amp=True), cached)

@@ -5,7 +5,7 @@ Example (Slicer Python console)::
 
     from DRDMSlicerLib import DRDMLogic
     results = DRDMLogic().generate(volumeNode, segmentationNode, samples=3, depth=32, seed=1)
-    DRDMLogic().export(results, "/tmp/augmented")
+    DRDMLogic().export(results, "augmented")
 """
 from __future__ import annotations
 
