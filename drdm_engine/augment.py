@@ -22,6 +22,7 @@ from .intensity import normalise
 from .io import Labels
 from .labels import LabelWarper
 from .metrics import displacement_stats, folding, label_agreement
+from .precision import recovery_dtype
 from .sampler import RecoverySettings, sample_fields
 
 Progress = Callable[[float, str], None]
@@ -97,11 +98,13 @@ def _restore_type(array: np.ndarray, like: sitk.Image) -> sitk.Image:
 
 def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None, samples: int, depth: int,
              seed: int, device: torch.device = torch.device("cpu"), recovery: str = "published",
-             size: int | None = None, progress: Progress | None = None) -> list[AugmentedCase]:
+             size: int | None = None, progress: Progress | None = None,
+             precision: str = "auto") -> list[AugmentedCase]:
     """Deform ``image`` (and ``labels``) ``samples`` times at diffusion depth ``depth``.
 
     ``model=None`` is diffusion-only (the random forward field at ``depth``, working side ``size``).
-    The same ``seed`` on the CPU reproduces the same samples bit for bit.
+    ``precision`` of the recovery network: see :func:`precision.recovery_dtype`. The same ``seed`` on
+    the same CPU reproduces the same samples bit for bit.
     """
     geometry = Geometry.of(image)
     nd = geometry.ndims
@@ -115,7 +118,8 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     x = _array(image)[None, None]
     working = to_working(normalise(x), grid).to(device)
     generator = torch.Generator(device).manual_seed(int(seed))
-    settings = RecoverySettings(recovery, model.meta.compose_padding if model else "border")
+    settings = RecoverySettings(recovery, model.meta.compose_padding if model else "border",
+                                autocast=recovery_dtype(precision, device))
 
     def step(done: int, total: int) -> None:
         if progress is not None:

@@ -50,6 +50,7 @@ def _augment(args: argparse.Namespace) -> int:
     from .augment import generate, resolve_device, resolve_model
     from .export import prepare_folder, remove_partial, write_run
     from .io import read_image, read_labels
+    from .precision import recovery_dtype
 
     if args.image is None:
         args.image, args.labels = default_case()
@@ -70,9 +71,11 @@ def _augment(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         cases = generate(image, labels, model, args.samples, args.depth, args.seed, device, args.recovery,
-                         args.size, progress)
+                         args.size, progress, args.precision)
+        dtype = recovery_dtype(args.precision, device) if model else None
         settings = {"samples": args.samples, "depth": args.depth, "seed": args.seed, "recovery": args.recovery,
                     "device": str(device), "working_size": model.meta.size if model else args.size,
+                    "network_precision": ("bf16 autocast" if dtype else "fp32") if model else None,
                     "seconds": round(time.perf_counter() - started, 3)}
         manifest = write_run(out, args.image, args.labels, labels, cases, model, settings)
     except BaseException:
@@ -129,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     aug.add_argument("--recovery", choices=("published", "from-depth"), default="published",
                      help="published: all steps T-1…0 (default); from-depth: T0…0, faster")
+    aug.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                     help="recovery network precision: auto = bf16 where the CPU/GPU has native bf16 "
+                     "(2.5-3.5x faster in 3D, same quality as measured in bench/bench_precision.py), else fp32")
     aug.add_argument("--size", type=int, default=None, help="working grid side in diffusion-only mode "
                      "(default 128 in 3D, 256 in 2D); a model uses its own")
     aug.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder")

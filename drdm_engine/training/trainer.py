@@ -20,6 +20,7 @@ from .. import checkpoint, fields
 from ..diffusion import DiffusionSchedule, diffuse, forward_fields
 from ..errors import DRDMError
 from ..network import RecResACNet
+from ..precision import mixed_precision_dtype
 from . import distributed
 from .augment import augment
 from .config import TrainConfig
@@ -100,7 +101,7 @@ class Trainer:
         self.integrator = fields.power if config.integrator == "fast" else fields.power_sequential
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.amp_dtype = self._amp_dtype()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         seed = config.seed + RANK_SEED_STRIDE * self.group.rank
         self.sample_generator = torch.Generator().manual_seed(seed)
         self.field_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
@@ -126,9 +127,7 @@ class Trainer:
         return DistributedDataParallel(net, device_ids=ids)
 
     def _amp_dtype(self) -> torch.dtype | None:
-        if not (self.config.amp and self.device.type == "cuda"):
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return mixed_precision_dtype(self.device) if self.config.amp else None
 
     # --- state -----------------------------------------------------------------------------------
     def _rng_state(self) -> dict:
