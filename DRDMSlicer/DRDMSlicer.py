@@ -18,7 +18,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from DRDMSlicerLib import DEFAULT_DEPTH, MAX_DEPTH, DRDMLogic
+from DRDMSlicerLib import DEFAULT_DEPTH, MAX_DEPTH, DRDMLogic, samplesAsSequence
 
 # Python packages the engine needs beyond Slicer's own numpy and SimpleITK (import name -> pip name).
 ENGINE_PACKAGES = {"slicerio": "slicerio", "yaml": "pyyaml", "tqdm": "tqdm", "PIL": "pillow"}
@@ -53,6 +53,7 @@ class DRDMSlicerParameterNode:
     seed: Annotated[int, WithinRange(-1, 2**31 - 1)] = -1
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     model: str = ""
+    asSequence: bool = False
     exportFolder: pathlib.Path
 
 
@@ -216,8 +217,12 @@ class DRDMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             values += [f"{m.get('dice', {}).get(n, float('nan')):.3f}" for n in segmentNames]
             for column, value in enumerate(values):
                 table.setItem(row, column, qt.QTableWidgetItem(value))
-        first = results[0]
-        slicer.util.setSliceViewerLayers(background=first.volumeNode, fit=True)
+        shown = results[0].volumeNode
+        if self._parameterNode.asSequence:
+            browser = samplesAsSequence(results, f"{results[0].settings.get('input', 'DRDM')} samples")
+            slicer.modules.sequences.setToolBarActiveBrowserNode(browser)
+            shown = browser.GetProxyNode(browser.GetMasterSequenceNode())
+        slicer.util.setSliceViewerLayers(background=shown, fit=True)
 
     def onExport(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
@@ -269,6 +274,8 @@ class DRDMSlicerTest(ScriptedLoadableModuleTest):
             self.assertEqual(result.segmentationNode.GetSegmentation().GetSegment("blob").GetName(), "Blob")
             display = result.transformNode.GetDisplayNode()
             self.assertEqual(display.GetVisualizationMode(), slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID)
+        browser = samplesAsSequence(results)
+        self.assertEqual(browser.GetMasterSequenceNode().GetNumberOfDataNodes(), 2)
         folder = pathlib.Path(tempfile.mkdtemp())
         manifest = DRDMSlicerLogic().export(results, folder)
         self.assertTrue(manifest.is_file())

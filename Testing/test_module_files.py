@@ -18,7 +18,7 @@ def parameterFields() -> set[str]:
 def test_every_panel_parameter_is_a_parameter_node_field_and_back():
     names = {p.find("string").text for p in ET.parse(UI).iter("property") if p.get("name") == "SlicerParameterName"}
     assert names == parameterFields() == {"inputVolume", "inputSegmentation", "depth", "samples", "seed",
-                                          "device", "model", "exportFolder"}
+                                          "device", "model", "asSequence", "exportFolder"}
 
 
 def test_panel_has_the_widgets_the_module_uses():

@@ -202,10 +202,6 @@ def test_bad_settings_and_overlapping_segments_are_refused(scene, case):
         fakeLogic().start(volume, overlapping)
 
 
-ENGINE_CLI = ROOT / "drdm_engine" / "__main__.py"
-
-
-@pytest.mark.skipif(not ENGINE_CLI.exists(), reason="the engine's command line (drdm_engine/__main__.py) is not merged yet")
 def test_real_engine_diffusion_only_reproduced_by_hardening(scene, tmp_path):
     """The real ``python -m drdm_engine augment`` (diffusion only, small depth) through the logic."""
     from helpers import addSegmentation, hardened, loadVolume
@@ -227,3 +223,36 @@ def test_real_engine_diffusion_only_reproduced_by_hardening(scene, tmp_path):
     assert np.abs(slicerHardened - deformed)[INTERIOR].mean() < 10.0
     assert result.segmentationNode.GetSegmentation().GetSegment("blob").GetName() == "Blob"
     assert 0.0 <= result.metrics["folding_fraction"] <= 1.0
+
+
+def test_samples_as_one_sequence_browsed_by_index(scene, case):
+    import vtk
+
+    from DRDMSlicerLib import samplesAsSequence
+    from DRDMSlicerLib.sequences import sequencesLogic
+    from DRDMSlicerLib.segments import segmentIds
+
+    _, volume, segmentation = case
+    results = fakeLogic().generate(volume, segmentation, samples=3, depth=8, seed=5)
+    browser = samplesAsSequence(results)
+    volumes = browser.GetMasterSequenceNode()
+    assert volumes.GetNumberOfDataNodes() == 3 and volumes.GetIndexName() == "sample"
+    synchronized = vtk.vtkCollection()
+    browser.GetSynchronizedSequenceNodes(synchronized, True)
+    names = {synchronized.GetItemAsObject(i).GetName() for i in range(synchronized.GetNumberOfItems())}
+    assert names == {"DRDM samples volumes", "DRDM samples transforms", "DRDM samples segmentations"}
+    logic = sequencesLogic(scene)
+    point = [3.0, -2.0, 4.0]
+    for item in (2, 0, 1):
+        browser.SetSelectedItemNumber(item)
+        logic.UpdateProxyNodesFromSequences(browser)
+        proxyVolume = browser.GetProxyNode(volumes)
+        assert np.array_equal(slicer_array(proxyVolume), slicer_array(results[item].volumeNode))
+        proxies = [browser.GetProxyNode(synchronized.GetItemAsObject(i)) for i in range(synchronized.GetNumberOfItems())]
+        transform = next(p for p in proxies if p.IsA("vtkMRMLTransformNode"))
+        moved = transform.GetTransformFromParent().TransformPoint(point)
+        assert np.allclose(moved, results[item].transformNode.GetTransformFromParent().TransformPoint(point), atol=1e-6)
+        assert transform.GetDisplayNode().GetVisualizationMode() == transform.GetDisplayNode().VIS_MODE_GRID
+        segmentationProxy = next(p for p in proxies if p.IsA("vtkMRMLSegmentationNode"))
+        assert segmentIds(segmentationProxy) == ["core", "rim"]
+    assert all(scene.IsNodePresent(node) for r in results for node in r.nodes())

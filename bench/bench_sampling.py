@@ -77,6 +77,9 @@ def main() -> None:
         if wanted:
             recoveries[f"recovery, fast + {lever} (1 sample)"] = (
                 lambda s=variants[lever]: sampler.recover(model, image, start, steps, s))
+    batched_bf16 = f"recovery, fast + bf16, {args.samples} samples batched, per sample"
+    if args.bf16:
+        recoveries[batched_bf16] = lambda: sampler.recover(model, batch_image, batch_start, steps, variants["bf16"])
     print(machine())
     print(f"{args.case}: depth {depth}, {args.steps} of 80 recovery steps timed, {args.repeats} repeats (median)")
     if args.compile:
@@ -108,6 +111,11 @@ def main() -> None:
         f"FULL SAMPLE, fast, {args.samples} batched, from-depth ({depth + 1} steps)":
             field_batch + (depth + 1) * per_step[f"recovery, fast, {args.samples} samples batched, per sample"],
     }
+    if args.bf16:
+        totals[f"FULL SAMPLE, fast + bf16, {args.samples} batched, per sample (80 steps)"] = (
+            field_batch + 80 * per_step[batched_bf16])
+        totals[f"FULL SAMPLE, fast + bf16, {args.samples} batched, from-depth ({depth + 1} steps)"] = (
+            field_batch + (depth + 1) * per_step[batched_bf16])
     extrapolated = "" if args.steps == 80 else f" (extrapolated from {args.steps} steps)"
     for label, seconds in totals.items():
         print(row(label + extrapolated, seconds, 0.0, totals["FULL SAMPLE, reference (80 steps)"]))
