@@ -12,7 +12,7 @@ from conftest import phantom
 from drdm_engine.augment import generate
 from drdm_engine.cli import main
 from drdm_engine.geometry import Geometry, WorkingGrid, field_to_input_voxels, to_working
-from drdm_engine.io import read_image, read_labels
+from drdm_engine.io import read_image, read_labels, write_displacement_field
 from drdm_engine.precision import native_bf16
 
 
@@ -85,9 +85,22 @@ def test_a_tiny_segment_is_kept(tmp_path):
     array[10, 15, 20] = 9  # a one-voxel structure
     tiny = sitk.GetImageFromArray(array)
     tiny.CopyInformation(labels)
-    cases = generate(image, read_labels_from(tiny, image, tmp_path), None, 3, 60, 1, size=32)
+    cases = list(generate(image, read_labels_from(tiny, image, tmp_path), None, 3, 60, 1, size=32))
+    assert len(cases) == 3
     for case in cases:
         assert 9 in np.unique(sitk.GetArrayFromImage(case.labels))
+
+
+def test_samples_are_warped_one_at_a_time():
+    """Fields are sampled up front; the full-resolution warps happen as the caller takes each case, so
+    a run holds one warped case at a time whatever the number of samples."""
+    image, _ = phantom()
+    steps = []
+    cases = generate(image, None, None, 3, 20, 1, size=32, progress=lambda fraction, text: steps.append(text))
+    assert steps[-1] == "sampling deformations"
+    first = next(cases)
+    assert steps[-1] == "sample 1/3 warped" and first.image.GetSize() == image.GetSize()
+    assert len(list(cases)) == 2 and steps[-1] == "sample 3/3 warped"
 
 
 def read_labels_from(label_image, image, tmp_path):
@@ -149,3 +162,17 @@ def test_2d_augment_with_the_imported_published_model(tmp_path, reference, capsy
         out = sitk.ReadImage(str(tmp_path / "o" / entry["image"]))
         assert out.GetDimension() == 2 and Geometry.of(out).matches(Geometry.of(source))
         assert sitk.ReadImage(str(tmp_path / "o" / entry["field"])).GetNumberOfComponentsPerPixel() == 2
+
+
+def test_field_writer_streams_row_blocks_and_refuses_wrong_ones(tmp_path):
+    image, _ = phantom()
+    geometry = Geometry.of(image)
+    field = np.random.default_rng(0).normal(size=(*geometry.shape, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="rows"):
+        write_displacement_field([field[:5]], geometry, tmp_path / "short.nrrd")
+    with pytest.raises(ValueError, match="block shape"):
+        write_displacement_field([field[:, :3]], geometry, tmp_path / "narrow.nrrd")
+    assert not any(tmp_path.iterdir())
+    write_displacement_field([field[:7], field[7:]], geometry, tmp_path / "f.nrrd")
+    back = sitk.ReadImage(str(tmp_path / "f.nrrd"))
+    assert np.array_equal(sitk.GetArrayFromImage(back), field) and Geometry.of(back).matches(geometry)

@@ -7,7 +7,7 @@ full-resolution input is warped with it (pull convention ``out(x) = in(x + u(x))
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,12 +16,12 @@ import torch
 from .checkpoint import DEFAULT_MODEL, LoadedModel, load_checkpoint
 from .diffusion import DiffusionSchedule
 from .errors import DRDMError
-from .geometry import Geometry, WorkingGrid, field_to_input_voxels, sample_rows, slab_positions, to_working, \
-    voxels_to_physical
+from .geometry import Geometry, WorkingGrid, field_to_input_voxels, sample_rows, slab_positions, source_rows, \
+    to_working, voxels_to_physical
 from .intensity import normalise
 from .io import Labels
 from .labels import LabelWarper
-from .metrics import displacement_stats, folding, label_agreement
+from .metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
 from .precision import recovery_dtype
 from .sampler import RecoverySettings, sample_fields
 
@@ -53,24 +53,44 @@ def resolve_model(model: str | None, ndims: int, device: torch.device) -> Loaded
 
 
 @dataclass
+class InputField:
+    """One sample's displacement field on the input grid, computed slab by slab on demand from its
+    working-grid field (a full-size field is ``nd`` float copies of the image; it is never held).
+
+    ``working``: ``(1, nd, N^nd)`` in working voxels; ``rows``: slab height along array axis 0."""
+
+    working: torch.Tensor
+    grid: WorkingGrid
+    rows: int
+
+    def voxels(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` in input voxels along each array axis, ``(1, nd, stop - start, ...)``."""
+        return field_to_input_voxels(self.working, self.grid, start, stop)
+
+    def lps_mm(self) -> Iterator[np.ndarray]:
+        """The field as consecutive row blocks ``(rows, *shape[1:], nd)``: LPS mm, float32, array order."""
+        length = self.grid.input.shape[0]
+        for start in range(0, length, self.rows):
+            with torch.inference_mode():
+                yield _lps_mm(self.voxels(start, min(length, start + self.rows)), self.grid.input).numpy()
+
+
+def _lps_mm(u: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Input-voxel field rows ``(1, nd, rows, ...)`` -> LPS mm vectors last ``(rows, ..., nd)``."""
+    return voxels_to_physical(u, geometry)[0].movedim(0, -1)
+
+
+@dataclass
 class AugmentedCase:
-    """One sample: ``image`` and ``labels`` on the input grid (input pixel types), ``field`` the pull
-    displacement ``(*shape, nd)`` in LPS mm (float32, array order) on the input grid ``geometry``, and
-    quality ``metrics``."""
+    """One sample: ``image`` and ``labels`` on the input grid (input pixel types), the pull displacement
+    ``field`` on the input grid ``geometry`` (LPS mm, by row blocks), and quality ``metrics``."""
 
     image: sitk.Image
     labels: sitk.Image | None
-    field: np.ndarray
+    field: InputField
     geometry: Geometry
     metrics: dict
     preview: dict
-
-    def field_image(self) -> sitk.Image:
-        """The field as a SimpleITK vector image (a copy), usable in ``sitk.DisplacementFieldTransform``
-        after a cast to ``sitkVectorFloat64``."""
-        image = sitk.GetImageFromArray(self.field, isVector=True)
-        self.geometry.apply_to(image)
-        return image
 
 
 def _array(image: sitk.Image) -> torch.Tensor:
@@ -83,15 +103,23 @@ def _label_array(image: sitk.Image) -> torch.Tensor:
     return torch.from_numpy(array if array.dtype == np.uint8 else array.astype(np.int32))
 
 
-def _restore_type(array: np.ndarray, like: sitk.Image) -> sitk.Image:
-    """SimpleITK image of ``array`` with ``like``'s pixel type (floats rounded and clipped into an
-    integer type's range, in place: ``array`` is scratch) and geometry."""
-    target = sitk.GetArrayViewFromImage(like).dtype
-    if np.issubdtype(target, np.integer) and array.dtype.kind == "f":
-        info = np.iinfo(target)
-        np.rint(array, out=array)
-        np.clip(array, info.min, info.max, out=array)
-    out = sitk.Cast(sitk.GetImageFromArray(array.astype(target, copy=False)), like.GetPixelID())
+def _pixel_dtype(like: sitk.Image) -> np.dtype:
+    return sitk.GetArrayViewFromImage(like).dtype
+
+
+def _into_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` in ``dtype``: floats rounded and clipped into an integer type's range (in place:
+    ``values`` is scratch)."""
+    if np.issubdtype(dtype, np.integer) and values.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        np.rint(values, out=values)
+        np.clip(values, info.min, info.max, out=values)
+    return values.astype(dtype, copy=False)
+
+
+def _as_image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    """SimpleITK image of ``array`` with ``like``'s pixel type and geometry."""
+    out = sitk.Cast(sitk.GetImageFromArray(_into_dtype(array, _pixel_dtype(like))), like.GetPixelID())
     Geometry.of(like).apply_to(out)
     return out
 
@@ -99,8 +127,12 @@ def _restore_type(array: np.ndarray, like: sitk.Image) -> sitk.Image:
 def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None, samples: int, depth: int,
              seed: int, device: torch.device = torch.device("cpu"), recovery: str = "published",
              size: int | None = None, progress: Progress | None = None,
-             precision: str = "auto") -> list[AugmentedCase]:
+             precision: str = "auto") -> Iterator[AugmentedCase]:
     """Deform ``image`` (and ``labels``) ``samples`` times at diffusion depth ``depth``.
+
+    Checks the settings and samples all fields at once (one batch on the working grid), then returns
+    an iterator that warps the full-resolution input one sample at a time: write or keep each case
+    as it comes, so that memory does not grow with ``samples``.
 
     ``model=None`` is diffusion-only (the random forward field at ``depth``, working side ``size``).
     ``precision`` of the recovery network: see :func:`precision.recovery_dtype`. The same ``seed`` on
@@ -130,48 +162,60 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     with torch.inference_mode():
         ws = sample_fields(working, samples, depth, model.net if model else None, schedule, settings, generator, step)
         composed = ws.composed.float().cpu()
-        label_tensor = _label_array(labels.image) if labels is not None else None
-        cases = []
+    label_tensor = _label_array(labels.image) if labels is not None else None
+
+    source = sitk.GetArrayViewFromImage(image)
+    del x, working
+
+    def cases() -> Iterator[AugmentedCase]:
         for k in range(samples):
-            cases.append(_apply(x, label_tensor, composed[k:k + 1], grid, image, labels))
+            with torch.inference_mode():
+                case = _apply(source, label_tensor, composed[k:k + 1], grid, image, labels)
             if progress is not None:
                 progress(0.9 + 0.1 * (k + 1) / samples, f"sample {k + 1}/{samples} warped")
-    return cases
+            yield case
+
+    return cases()
 
 
-def _apply(x: torch.Tensor, label_tensor: torch.Tensor | None, working_field: torch.Tensor, grid: WorkingGrid,
+def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field: torch.Tensor, grid: WorkingGrid,
            image: sitk.Image, labels: Labels | None) -> AugmentedCase:
-    """Map one working-grid field onto the input grid and warp the full-resolution image and labels."""
+    """Map one working-grid field onto the input grid and warp the full-resolution image and labels.
+
+    ``source`` is the input's voxel array (any pixel type, not copied): each output slab reads only
+    the input rows its positions reach, converted to float there, and is stored in the input's pixel
+    type at once. Held at full size: the output image and labels, never a float copy or the field."""
     geometry = grid.input
     shape = geometry.shape
     rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
-    out = torch.empty_like(x)
-    u_lps = torch.empty((*shape, geometry.ndims), dtype=torch.float32)
+    field = InputField(working_field, grid, rows)
+    out = np.empty(shape, _pixel_dtype(image))
     warper = LabelWarper(label_tensor) if label_tensor is not None else None
-
-    def field_fn(start: int, stop: int) -> torch.Tensor:
-        return field_to_input_voxels(working_field, grid, start, stop)
-
+    stride = sample_stride(int(np.prod(shape)))
+    slab_voxels = int(np.prod(shape[1:]))
+    norms = []
     centre = shape[0] // 2 if geometry.ndims == 3 else None
-    for start, stop, u, pos in slab_positions(shape, field_fn, rows):
-        out[:, :, start:stop] = sample_rows(x, pos, "bilinear")
-        u_lps[start:stop] = voxels_to_physical(u, geometry)[0].movedim(0, -1)
+    for start, stop, u, pos in slab_positions(shape, field.voxels, rows):
+        lo, hi = source_rows(pos, shape[0])
+        band = torch.from_numpy(source[lo:hi].astype(np.float32))[None, None]
+        out[start:stop] = _into_dtype(sample_rows(band, pos, "bilinear", lo)[0, 0].numpy(), out.dtype)
+        norms.append(strided_norms(_lps_mm(u, geometry), start * slab_voxels, stride))
         if centre is None:
             u_slice = u[0]
         elif start <= centre < stop:
             u_slice = u[0, 1:, centre - start]
         if warper is not None:
             warper.add_slab(start, stop, pos)
-    metrics = {**folding(working_field), **displacement_stats(u_lps)}
+    metrics = {**folding(working_field), **displacement_stats(torch.cat(norms))}
     out_labels = None
     if warper is not None:
         warped = warper.result()
         metrics.update(label_agreement(label_tensor, warped, labels.names))
-        out_labels = _restore_type(warped.numpy(), labels.image)
-    pick = (lambda a: a.copy()) if centre is None else (lambda a: a[centre].copy())
-    preview = {"before": pick(x[0, 0].numpy()), "after": pick(out[0, 0].numpy()), "u_voxels": u_slice.numpy(),
+        out_labels = _as_image(warped.numpy(), labels.image)
+    pick = (lambda a: np.array(a)) if centre is None else (lambda a: np.array(a[centre]))
+    preview = {"before": pick(source).astype(np.float32), "after": pick(out).astype(np.float32),
+               "u_voxels": u_slice.numpy(),
                "spacing": tuple(reversed(geometry.spacing))[-2:],
                "labels_before": None if label_tensor is None else pick(label_tensor.numpy()),
                "labels_after": None if out_labels is None else pick(sitk.GetArrayViewFromImage(out_labels))}
-    return AugmentedCase(_restore_type(out[0, 0].numpy(), image), out_labels, u_lps.numpy(), geometry, metrics, preview)
-
+    return AugmentedCase(_as_image(out, image), out_labels, field, geometry, metrics, preview)

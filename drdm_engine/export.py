@@ -8,6 +8,7 @@ import shutil
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -53,9 +54,10 @@ def sample_names(image_path: str, index: int, has_labels: bool, seg_nrrd: bool) 
     return {"image": f"{base}{suffix}", "labels": labels, "field": f"{base}_field.nrrd", "preview": f"{base}_preview.png"}
 
 
-def write_run(out: Path, image_path: str, labels_path: str | None, labels: Labels | None, cases: list[AugmentedCase],
-              model: LoadedModel | None, settings: dict) -> dict:
-    """Write every sample and the manifest into ``out`` (already prepared); returns the manifest."""
+def write_run(out: Path, image_path: str, labels_path: str | None, labels: Labels | None,
+              cases: Iterable[AugmentedCase], model: LoadedModel | None, settings: dict) -> dict:
+    """Write every sample as it comes and then the manifest into ``out`` (already prepared); returns
+    the manifest."""
     seg_nrrd = labels is not None and labels.segmentation is not None
     colours = {int(s["labelValue"]): tuple(s["color"]) for s in labels.segmentation["segments"]} if seg_nrrd else None
     entries = []
@@ -67,13 +69,14 @@ def write_run(out: Path, image_path: str, labels_path: str | None, labels: Label
                 write_segmentation(case.labels, labels, out / names["labels"])
             else:
                 write_image(case.labels, out / names["labels"])
-        write_displacement_field(case.field, case.geometry, out / names["field"])
+        write_displacement_field(case.field.lps_mm(), case.geometry, out / names["field"])
         p = case.preview
         tmp = out / f".tmp{os.getpid()}_{names['preview']}"
         render_preview(p["before"], p["after"], p["u_voxels"], p["spacing"], tmp, p["labels_before"],
                        p["labels_after"], colours, title=f"sample {k}")
         os.replace(tmp, out / names["preview"])
         entries.append({"index": k, **names, "metrics": case.metrics})
+        del case  # free this sample before the next one is warped
     manifest = {
         "tool": "drdm augment",
         "engine_version": __version__,

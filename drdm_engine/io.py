@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -167,10 +168,10 @@ def _nrrd_vector(values) -> str:
     return "(" + ",".join(repr(float(v)) for v in values) + ")"
 
 
-def write_displacement_field(field: np.ndarray, geometry: Geometry, path: str | os.PathLike,
-                             rows_per_chunk: int = 8) -> None:
-    """Write an ITK displacement field ``(*shape, nd)`` (LPS mm, float32, array order) as a gzip NRRD,
-    streamed in chunks of ``rows_per_chunk`` rows so no second full-size copy is made; atomic.
+def write_displacement_field(chunks: Iterable[np.ndarray], geometry: Geometry, path: str | os.PathLike) -> None:
+    """Write an ITK displacement field given as consecutive row blocks ``(rows, *shape[1:], nd)`` of
+    array axis 0 (LPS mm, float32, array order) as a gzip NRRD, streamed: the full-size field is never
+    held; atomic (a wrong block shape or row count raises ``ValueError`` and leaves no file).
 
     The header is the one ITK/SimpleITK writes for a vector image (``kinds: vector domain ...``), so
     ``sitk.ReadImage`` and Slicer read it back as a displacement field on ``geometry``'s grid.
@@ -178,8 +179,6 @@ def write_displacement_field(field: np.ndarray, geometry: Geometry, path: str | 
     import gzip
 
     nd = geometry.ndims
-    if field.shape != (*geometry.shape, nd):
-        raise ValueError(f"field shape {field.shape} does not match the grid {geometry.shape} x {nd}")
     direction = geometry.direction_matrix
     axes = " ".join(_nrrd_vector(direction[:, i] * geometry.spacing[i]) for i in range(nd))
     space = "space: left-posterior-superior" if nd == 3 else "space dimension: 2"
@@ -189,13 +188,19 @@ def write_displacement_field(field: np.ndarray, geometry: Geometry, path: str | 
               f"endian: little\nencoding: gzip\nspace origin: {_nrrd_vector(geometry.origin)}\n\n")
     path = Path(path)
     tmp = atomic_path(path)
+    rows = 0
     try:
         with open(tmp, "wb") as handle:
             handle.write(header.encode("ascii"))
             with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1, mtime=0) as stream:
-                for start in range(0, field.shape[0], rows_per_chunk):
-                    chunk = np.ascontiguousarray(field[start:start + rows_per_chunk], dtype="<f4")
-                    stream.write(chunk.tobytes())
+                for chunk in chunks:
+                    if chunk.shape[1:] != (*geometry.shape[1:], nd):
+                        raise ValueError(f"field block shape {chunk.shape} does not match the grid "
+                                         f"{geometry.shape} x {nd}")
+                    rows += chunk.shape[0]
+                    stream.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
+        if rows != geometry.shape[0]:
+            raise ValueError(f"field blocks hold {rows} rows, the grid has {geometry.shape[0]}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

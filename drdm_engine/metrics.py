@@ -7,13 +7,22 @@ from . import fields
 from .labels import label_values
 
 
-def displacement_stats(u_mm: torch.Tensor, max_voxels: int = 1 << 22) -> dict[str, float]:
-    """Mean and 99th percentile of ``|u|`` in mm; ``u_mm`` ``(*shape, nd)`` (vectors last). Large fields
-    are subsampled on a regular stride to at most ``max_voxels`` voxels (no full-size temporaries)."""
-    vectors = u_mm.reshape(-1, u_mm.shape[-1])
-    vectors = vectors[:: vectors.shape[0] // max_voxels + 1]
-    norm = vectors.float().norm(dim=1)
-    return {"displacement_mean_mm": float(norm.mean()), "displacement_p99_mm": float(torch.quantile(norm, 0.99))}
+def sample_stride(voxels: int, max_voxels: int = 1 << 22) -> int:
+    """Stride of the regular subsample of at most ``max_voxels`` voxels used for displacement statistics."""
+    return voxels // max_voxels + 1
+
+
+def strided_norms(chunk: torch.Tensor, first: int, stride: int) -> torch.Tensor:
+    """``|u|`` (mm) of a field chunk ``(rows, ..., nd)`` (vectors last) at the global flat voxel indices
+    that are multiples of ``stride``; ``first`` is the chunk's first flat index. Chunks taken in order
+    give the same subsample as the whole field."""
+    vectors = chunk.reshape(-1, chunk.shape[-1])
+    return vectors[(-first) % stride::stride].float().norm(dim=1)
+
+
+def displacement_stats(norms: torch.Tensor) -> dict[str, float]:
+    """Mean and 99th percentile of ``|u|`` in mm from a subsample of norms (:func:`strided_norms`)."""
+    return {"displacement_mean_mm": float(norms.mean()), "displacement_p99_mm": float(torch.quantile(norms, 0.99))}
 
 
 def folding(u_voxels: torch.Tensor) -> dict[str, float]:
