@@ -1,13 +1,13 @@
 """Peak memory of `drdm augment` on a large CT-like volume at full resolution (default 512 x 512 x 300,
 int16, with a 2-label map), diffusion-only, in a fresh child process; printed against the size of one
-full-size float32 copy of the image and against a child that only imports the engine and torch.
+full-size float32 copy of the image and against a child that only imports the engine and torch
+(peaks read from the children's own ``/proc/self/status``: Linux).
 
     PYTHONPATH=. python bench/bench_large_volume.py [--size 512 512 300] [--samples 3]
 """
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,15 +35,17 @@ def write_case(folder: Path, size: tuple[int, int, int]) -> tuple[Path, Path]:
     return paths
 
 
-def child_peak_mib(command: list[str]) -> tuple[float, float]:
-    """Peak RSS (MiB) and wall time of a child process (run alone: children's peaks are per child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        raise RuntimeError("the child's peak did not exceed an earlier child's; run one measurement per process")
-    return peak / 1024, time.perf_counter() - started
+PEAK = ("import sys, time\nstarted = time.perf_counter()\n{work}\n"
+        "peak = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print(int(peak.split()[1]) / 1024, time.perf_counter() - started)")
+
+
+def child_peak_mib(work: str, *argv: str) -> tuple[float, float]:
+    """Peak RSS (MiB, the child's own VmHWM, Linux) and wall time of a fresh Python child running ``work``."""
+    done = subprocess.run([sys.executable, "-c", PEAK.format(work=work), *argv], check=True,
+                          capture_output=True, text=True)
+    peak, seconds = done.stdout.split()[-2:]
+    return float(peak), float(seconds)
 
 
 def main() -> None:
@@ -54,10 +56,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         image, labels = write_case(Path(folder), tuple(args.size))
         float_copy = np.prod(args.size) * 4 / 2 ** 20
-        base, _ = child_peak_mib([sys.executable, "-c", "import torch, drdm_engine.augment, drdm_engine.export"])
-        peak, seconds = child_peak_mib([sys.executable, "-m", "drdm_engine", "augment", str(image), "--labels",
-                                        str(labels), "--model", "none", "--samples", str(args.samples),
-                                        "--out", str(Path(folder) / "out")])
+        base, _ = child_peak_mib("import torch, drdm_engine.augment, drdm_engine.export")
+        peak, seconds = child_peak_mib("from drdm_engine.cli import main\nassert main(sys.argv[1:]) == 0",
+                                       "augment", str(image), "--labels", str(labels), "--model", "none",
+                                       "--samples", str(args.samples), "--out", str(Path(folder) / "out"))
     print(f"{'x'.join(map(str, args.size))} int16 + labels, {args.samples} diffusion-only samples: "
           f"peak RSS {peak:.0f} MiB in {seconds:.0f} s; engine + torch alone {base:.0f} MiB; "
           f"one full-size float32 copy {float_copy:.0f} MiB; "

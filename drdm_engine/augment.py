@@ -18,7 +18,7 @@ from .diffusion import DiffusionSchedule
 from .errors import DRDMError
 from .geometry import Geometry, WorkingGrid, field_to_input_voxels, sample_rows, slab_positions, source_rows, \
     to_working, voxels_to_physical
-from .intensity import normalise
+from .intensity import normalise_
 from .io import Labels
 from .labels import LabelWarper
 from .metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
@@ -94,6 +94,7 @@ class AugmentedCase:
 
 
 def _array(image: sitk.Image) -> torch.Tensor:
+    """The image's voxels as a float32 tensor of its own (a copy: the caller may overwrite it)."""
     return torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
 
 
@@ -119,7 +120,9 @@ def _into_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _as_image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     """SimpleITK image of ``array`` with ``like``'s pixel type and geometry."""
-    out = sitk.Cast(sitk.GetImageFromArray(_into_dtype(array, _pixel_dtype(like))), like.GetPixelID())
+    out = sitk.GetImageFromArray(_into_dtype(array, _pixel_dtype(like)))
+    if out.GetPixelID() != like.GetPixelID():
+        out = sitk.Cast(out, like.GetPixelID())
     Geometry.of(like).apply_to(out)
     return out
 
@@ -147,8 +150,7 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
         raise DRDMError(f"--samples must be at least 1, got {samples}")
     n = model.meta.size if model else (size or DIFFUSION_ONLY_SIZE[nd])
     grid = WorkingGrid.fit(geometry, n)
-    x = _array(image)[None, None]
-    working = to_working(normalise(x), grid).to(device)
+    working = to_working(normalise_(_array(image)[None, None]), grid).to(device)
     generator = torch.Generator(device).manual_seed(int(seed))
     settings = RecoverySettings(recovery, model.meta.compose_padding if model else "border",
                                 autocast=recovery_dtype(precision, device))
@@ -165,7 +167,6 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     label_tensor = _label_array(labels.image) if labels is not None else None
 
     source = sitk.GetArrayViewFromImage(image)
-    del x, working
 
     def cases() -> Iterator[AugmentedCase]:
         for k in range(samples):

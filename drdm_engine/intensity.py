@@ -6,13 +6,14 @@ import torch
 LOW, HIGH = 0.5, 99.5
 
 
-def normalise(image: torch.Tensor, low: float = LOW, high: float = HIGH) -> torch.Tensor:
-    """Map intensities to [0, 1] by robust percentiles (``low``, ``high`` in %), clamped; works for CT
-    (Hounsfield units) and MR (arbitrary units) alike. Percentiles are estimated on at most 2^20 voxels."""
-    flat = image.reshape(-1).float()
+def normalise_(image: torch.Tensor, low: float = LOW, high: float = HIGH) -> torch.Tensor:
+    """Map a float ``image`` to [0, 1] **in place** by robust percentiles (``low``, ``high`` in %), clamped;
+    works for CT (Hounsfield units) and MR (arbitrary units) alike. Percentiles are estimated on at most
+    2^20 voxels. In place, so that a full-resolution volume needs no second full-size copy."""
+    flat = image.reshape(-1)
     if flat.numel() > 1 << 20:
         flat = flat[:: flat.numel() // (1 << 20) + 1]
     lo, hi = torch.quantile(flat, torch.tensor([low / 100, high / 100], dtype=flat.dtype, device=flat.device))
     if hi <= lo:
         lo, hi = flat.min(), flat.max()
-    return ((image - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+    return image.sub_(lo).div_((hi - lo).clamp_min(1e-12)).clamp_(0, 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import fields
-from .labels import label_values
+from .labels import CHUNK, label_values
 
 
 def sample_stride(voxels: int, max_voxels: int = 1 << 22) -> int:
@@ -33,14 +33,21 @@ def folding(u_voxels: torch.Tensor) -> dict[str, float]:
 
 def label_agreement(before: torch.Tensor, after: torch.Tensor, names: dict[int, str]) -> dict[str, dict[str, float]]:
     """Per foreground label: Dice of ``after`` against ``before`` and relative volume change
-    ``(V_after - V_before) / V_before``. Keys are segment names (or the label value)."""
+    ``(V_after - V_before) / V_before``. Keys are segment names (or the label value). Counted chunk by
+    chunk: no full-size temporaries."""
+    values = [v for v in label_values(before) if v != 0]
+    counts = {v: [0, 0, 0] for v in values}
+    flat_before, flat_after = before.reshape(-1), after.reshape(-1)
+    for start in range(0, flat_before.numel(), CHUNK):
+        a_chunk, b_chunk = flat_before[start:start + CHUNK], flat_after[start:start + CHUNK]
+        for value in values:
+            a, b = a_chunk == value, b_chunk == value
+            counts[value][0] += int(a.sum())
+            counts[value][1] += int(b.sum())
+            counts[value][2] += int((a & b).sum())
     dice, volume = {}, {}
-    for value in label_values(before):
-        if value == 0:
-            continue
-        a, b = before == value, after == value
-        va, vb = int(a.sum()), int(b.sum())
+    for value, (va, vb, both) in counts.items():
         key = names.get(value, str(value))
-        dice[key] = 2.0 * int((a & b).sum()) / (va + vb)
+        dice[key] = 2.0 * both / (va + vb)
         volume[key] = (vb - va) / va
     return {"dice": dice, "volume_change": volume}

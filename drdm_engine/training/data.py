@@ -15,7 +15,7 @@ import torch
 
 from ..errors import DRDMError
 from ..geometry import Geometry, WorkingGrid, to_working
-from ..intensity import normalise
+from ..intensity import normalise_
 from ..io import IMAGE_SUFFIXES, read_image, suffix_of
 
 FORMATS = "NIfTI/NRRD/MHA"
@@ -67,7 +67,7 @@ def load_working_volume(path: Path, size: int) -> torch.Tensor:
     image = read_image(path)
     grid = WorkingGrid.fit(Geometry.of(image), size)
     array = torch.from_numpy(sitk.GetArrayFromImage(image)).float()[None, None]
-    return to_working(normalise(array), grid)[0]
+    return to_working(normalise_(array), grid)[0]
 
 
 @dataclass
