@@ -168,15 +168,14 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
 
     source = sitk.GetArrayViewFromImage(image)
 
-    def cases() -> Iterator[AugmentedCase]:
-        for k in range(samples):
-            with torch.inference_mode():
-                case = _apply(source, label_tensor, composed[k:k + 1], grid, image, labels)
-            if progress is not None:
-                progress(0.9 + 0.1 * (k + 1) / samples, f"sample {k + 1}/{samples} warped")
-            yield case
+    def warped(k: int) -> AugmentedCase:
+        with torch.inference_mode():
+            case = _apply(source, label_tensor, composed[k:k + 1], grid, image, labels)
+        if progress is not None:
+            progress(0.9 + 0.1 * (k + 1) / samples, f"sample {k + 1}/{samples} warped")
+        return case
 
-    return cases()
+    return (warped(k) for k in range(samples))  # holds no case between yields
 
 
 def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field: torch.Tensor, grid: WorkingGrid,
