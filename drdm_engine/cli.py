@@ -47,7 +47,7 @@ class _Progress:
 
 
 def _augment(args: argparse.Namespace) -> int:
-    from .augment import generate, resolve_device, resolve_model
+    from .augment import DIFFUSION_ONLY_SIZE, generate, resolve_device, resolve_model
     from .export import prepare_folder, remove_partial, write_run
     from .io import read_image, read_labels
     from .precision import recovery_dtype
@@ -74,10 +74,9 @@ def _augment(args: argparse.Namespace) -> int:
                          args.size, progress, args.precision)
         dtype = recovery_dtype(args.precision, device) if model else None
         settings = {"samples": args.samples, "depth": args.depth, "seed": args.seed, "recovery": args.recovery,
-                    "device": str(device), "working_size": model.meta.size if model else args.size,
-                    "network_precision": ("bf16 autocast" if dtype else "fp32") if model else None,
-                    "seconds": round(time.perf_counter() - started, 3)}
-        manifest = write_run(out, args.image, args.labels, labels, cases, model, settings)
+                    "device": str(device), "working_size": model.meta.size if model else (args.size or DIFFUSION_ONLY_SIZE[image.GetDimension()]),
+                    "network_precision": ("bf16 autocast" if dtype else "fp32") if model else None}
+        manifest = write_run(out, args.image, args.labels, labels, cases, model, settings, started)
     except BaseException:
         remove_partial(out, created)
         raise

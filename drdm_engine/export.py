@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,9 +56,11 @@ def sample_names(image_path: str, index: int, has_labels: bool, seg_nrrd: bool) 
 
 
 def write_run(out: Path, image_path: str, labels_path: str | None, labels: Labels | None,
-              cases: Iterable[AugmentedCase], model: LoadedModel | None, settings: dict) -> dict:
+              cases: Iterable[AugmentedCase], model: LoadedModel | None, settings: dict,
+              started: float | None = None) -> dict:
     """Write every sample as it comes and then the manifest into ``out`` (already prepared); returns
-    the manifest."""
+    the manifest. ``started`` (``time.perf_counter()`` when the run began) adds the run's
+    ``seconds`` to the settings."""
     seg_nrrd = labels is not None and labels.segmentation is not None
     colours = {int(s["labelValue"]): tuple(s["color"]) for s in labels.segmentation["segments"]} if seg_nrrd else None
     entries = []
@@ -88,7 +91,7 @@ def write_run(out: Path, image_path: str, labels_path: str | None, labels: Label
         "inputs": {"image": os.path.abspath(image_path), "labels": os.path.abspath(labels_path) if labels_path else None},
         "model": None if model is None else {"path": model.path, "description": describe(model.meta),
                                              "meta": asdict(model.meta)},
-        "settings": settings,
+        "settings": settings if started is None else {**settings, "seconds": round(time.perf_counter() - started, 3)},
         "conventions": {"field": "ITK displacement field, vectors in LPS millimetres on the input grid, resampling "
                                  "(pull) direction: output(x) = input(x + u(x))",
                         "labels": "label-safe warp (one-hot linear then argmax); no new label values"},
