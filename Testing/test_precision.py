@@ -45,3 +45,14 @@ def test_published_network_under_bf16_keeps_its_input_block_in_fp32(reference):
         hook.remove()
     assert dtypes == {"b1.0": torch.float32, "b1.1": torch.bfloat16}
     assert float((reduced - exact).norm() / exact.norm()) < 0.15
+
+
+@pytest.mark.parametrize("flags, native", [({"avx2", "fma"}, False), ({"avx512f", "avx512bw"}, False),
+                                           ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True)])
+def test_auto_uses_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, native):
+    import drdm_engine.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+    assert precision.native_bf16(CPU) is native
+    assert precision.recovery_dtype("auto", CPU) is (torch.bfloat16 if native else None)
+    assert precision.recovery_dtype("bf16", CPU) is torch.bfloat16
