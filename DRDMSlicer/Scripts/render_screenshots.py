@@ -140,6 +140,9 @@ def renderPanel(uiPath: Path, out: Path) -> None:
                 draw.text((26 + c * 95, y + 7), header, fill=(0, 0, 0))
         elif kind == "QLabel":
             draw.text((20, y + 7), "status: Generating... sample 2 of 3", fill=(60, 60, 60))
+        elif kind == "QCheckBox":
+            draw.rectangle((160, y + 4, 174, y + 18), fill=(255, 255, 255), outline=(120, 120, 120))
+            draw.text((182, y + 7), text, fill=(0, 0, 0))
         else:
             draw.text((20, y + 7), label, fill=(0, 0, 0))
             draw.rectangle((160, y, width - 20, y + row - 6), fill=(255, 255, 255), outline=(150, 150, 150))
