@@ -100,7 +100,8 @@ def test_samples_are_warped_one_at_a_time():
     assert steps[-1] == "sampling deformations"
     first = next(cases)
     assert steps[-1] == "sample 1/3 warped" and first.image.GetSize() == image.GetSize()
-    assert len(list(cases)) == 2 and steps[-1] == "sample 3/3 warped"
+    assert len(list(cases)) == 2 and steps[-1] == "sample 3/3 done"
+    assert steps[1:] == [f"sample {k}/3 {what}" for k in (1, 2, 3) for what in ("warped", "done")]
 
 
 def read_labels_from(label_image, image, tmp_path):

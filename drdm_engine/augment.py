@@ -155,12 +155,16 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     settings = RecoverySettings(recovery, model.meta.compose_padding if model else "border",
                                 autocast=recovery_dtype(precision, device))
 
-    def step(done: int, total: int) -> None:
-        if progress is not None:
-            progress(0.05 + 0.85 * done / total, f"recovery step {done}/{total}")
+    split = 0.9 if model else 0.1  # where the progress bar passes from sampling to warping and writing
 
-    if progress is not None:
-        progress(0.02, "sampling deformations")
+    def report(fraction: float, text: str) -> None:
+        if progress is not None:
+            progress(fraction, text)
+
+    def step(done: int, total: int) -> None:
+        report(0.05 + (split - 0.05) * done / total, f"recovery step {done}/{total}")
+
+    report(0.02, "sampling deformations")
     with torch.inference_mode():
         ws = sample_fields(working, samples, depth, model.net if model else None, schedule, settings, generator, step)
         composed = ws.composed.float().cpu()
@@ -171,11 +175,17 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     def warped(k: int) -> AugmentedCase:
         with torch.inference_mode():
             case = _apply(source, label_tensor, composed[k:k + 1], grid, image, labels)
-        if progress is not None:
-            progress(0.9 + 0.1 * (k + 1) / samples, f"sample {k + 1}/{samples} warped")
+        report(split + (1 - split) * (k + 0.5) / samples, f"sample {k + 1}/{samples} warped")
         return case
 
-    return (warped(k) for k in range(samples))  # holds no case between yields
+    def cases() -> Iterator[AugmentedCase]:
+        """One case at a time; "done" once the caller asks for the next (it has written this one). The
+        frame holds no case between yields."""
+        for k in range(samples):
+            yield warped(k)
+            report(split + (1 - split) * (k + 1) / samples, f"sample {k + 1}/{samples} done")
+
+    return cases()
 
 
 def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field: torch.Tensor, grid: WorkingGrid,
