@@ -73,8 +73,9 @@ def _augment(args: argparse.Namespace) -> int:
         cases = generate(image, labels, model, args.samples, args.depth, args.seed, device, args.recovery,
                          args.size, progress, args.precision)
         dtype = recovery_dtype(args.precision, device) if model else None
+        size = model.meta.size if model else (args.size or DIFFUSION_ONLY_SIZE[image.GetDimension()])
         settings = {"samples": args.samples, "depth": args.depth, "seed": args.seed, "recovery": args.recovery,
-                    "device": str(device), "working_size": model.meta.size if model else (args.size or DIFFUSION_ONLY_SIZE[image.GetDimension()]),
+                    "device": str(device), "working_size": size,
                     "network_precision": ("bf16 autocast" if dtype else "fp32") if model else None}
         manifest = write_run(out, args.image, args.labels, labels, cases, model, settings, started)
     except BaseException:
