@@ -11,6 +11,7 @@ import torch
 from conftest import phantom
 from drdm_engine.augment import generate
 from drdm_engine.cli import main
+from drdm_engine.errors import DRDMError
 from drdm_engine.geometry import Geometry, WorkingGrid, field_to_input_voxels, to_working
 from drdm_engine.io import read_image, read_labels, write_displacement_field
 from drdm_engine.precision import native_bf16
@@ -177,3 +178,19 @@ def test_field_writer_streams_row_blocks_and_refuses_wrong_ones(tmp_path):
     write_displacement_field([field[:7], field[7:]], geometry, tmp_path / "f.nrrd")
     back = sitk.ReadImage(str(tmp_path / "f.nrrd"))
     assert np.array_equal(sitk.GetArrayFromImage(back), field) and Geometry.of(back).matches(geometry)
+
+
+def test_a_non_finite_field_is_refused_before_anything_is_warped(monkeypatch):
+    import drdm_engine.augment as augment
+
+    real = augment.sample_fields
+
+    def broken(*args, **kwargs):
+        samples = real(*args, **kwargs)
+        samples.composed[0, 0, 0, 0, 0] = float("nan")
+        return samples
+
+    monkeypatch.setattr(augment, "sample_fields", broken)
+    image, _ = phantom()
+    with pytest.raises(DRDMError, match="not finite.*--precision fp32"):
+        generate(image, None, None, 1, 10, 1, size=32)

@@ -12,7 +12,6 @@ import torch
 from drdm_engine.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from drdm_engine.errors import DRDMError
 from drdm_engine.network import RecResACNet
-from drdm_engine.precision import mixed_precision_dtype
 from drdm_engine.training import cli
 from drdm_engine.training.config import TrainConfig, from_arguments, from_mapping
 from drdm_engine.training.evaluation import buckets_for, recovery_error
@@ -198,6 +197,6 @@ def test_evaluate_reports_buckets_and_is_reproducible(data2d, capsys):
     assert list(outputs[0]["recovery_error"]) == ["t01-39", "t40-79"]
 
 
-def test_mixed_precision_follows_the_device(data2d):
+def test_cpu_training_is_fp32_whatever_the_amp_setting(data2d):
     assert Trainer(config2d(data2d, amp=False)).amp_dtype is None
-    assert Trainer(config2d(data2d)).amp_dtype is mixed_precision_dtype(torch.device("cpu"))
+    assert Trainer(config2d(data2d, amp=True)).amp_dtype is None

@@ -1,6 +1,6 @@
 """Training throughput (samples/s): our step vs a faithful fp32 published step, same run, same data.
 
-Ours: fast forward integrator (binary exponentiation) and mixed precision where native (CUDA; AVX512-BF16 CPUs). Published:
+Ours: fast forward integrator (binary exponentiation) and, on CUDA, mixed precision. Published:
 sequential composition (``fields.power_sequential``), fp32. Both start from the same weights and
 draw the same ``t`` and the same random fields (same seed); one untimed warm-up step each, then
 timed steps interleaved so that machine load hits both alike. Data: the chest CT shipped in the slicerio wheel, unless files are given.

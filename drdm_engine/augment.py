@@ -168,6 +168,9 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     with torch.inference_mode():
         ws = sample_fields(working, samples, depth, model.net if model else None, schedule, settings, generator, step)
         composed = ws.composed.float().cpu()
+    if not bool(torch.isfinite(composed).all()):
+        raise DRDMError("the sampled deformation field is not finite (NaN/inf); rerun with --precision fp32 "
+                        "or check the model")
     label_tensor = _label_array(labels.image) if labels is not None else None
 
     source = sitk.GetArrayViewFromImage(image)

@@ -53,9 +53,8 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
     amp: bool = True
-    """Mixed precision: bf16 autocast on CUDA (fp16 + gradient scaling where bf16 is missing) and on CPUs
-    with native bf16 (AVX512-BF16/AMX; about 2x faster per 3D step there) in single-process runs; fp32
-    elsewhere (also for CPU processes under DDP)."""
+    """Mixed precision on CUDA: bf16 autocast (fp16 + gradient scaling where bf16 is missing). The CPU
+    trains in fp32 (see ``Trainer._amp_dtype``)."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
     integrator: str = "fast"
