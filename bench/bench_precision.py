@@ -6,7 +6,7 @@ recovery (80 steps, zeros padding) in fp32 and in bf16; the recovered fields are
 so are their quality figures. 3D: time per network step at 64³ (seeded weights; no trained 3D model
 exists, so only the per-step output difference is reported there).
 
-    PYTHONPATH=.:bench python bench/bench_precision.py [--steps 80] [--size3d 64]
+    PYTHONPATH=.:bench python bench/bench_precision.py [--steps 80] [--case3d 3d64]
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import torch
 
 from bench_sampling import _field, _model_and_image
 from drdm_engine import fields, sampler
-from drdm_engine.network import RecResACNet
 from timing import machine, measure, row
 
 
@@ -57,10 +56,8 @@ def compare_2d(steps: int) -> None:
     print(f"  correlation of the recovered images bf16 vs fp32: {float(torch.corrcoef(torch.stack([a, b]))[0, 1]):.5f}")
 
 
-def compare_3d(size: int, repeats: int) -> None:
-    torch.manual_seed(0)
-    model = RecResACNet(3).eval()
-    image = torch.rand(1, 1, size, size, size)
+def compare_3d(case: str, repeats: int) -> None:
+    model, image = _model_and_image(case)
     t = torch.tensor([40])
 
     def run(dtype):
@@ -68,7 +65,7 @@ def compare_3d(size: int, repeats: int) -> None:
             return model(image, t).float()
 
     timed = measure({"fp32": lambda: run(None), "bf16": lambda: run(torch.bfloat16)}, repeats)
-    print(f"3D {size}³ network step (rec_num 2), {repeats} repeats (median)")
+    print(f"{case} network step (rec_num 2), {repeats} repeats (median)")
     print(row("network step fp32", *timed["fp32"]))
     print(row("network step bf16 autocast", *timed["bf16"], timed["fp32"][0]))
     exact, reduced = run(None), run(torch.bfloat16)
@@ -79,12 +76,12 @@ def compare_3d(size: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--size3d", type=int, default=64)
+    parser.add_argument("--case3d", choices=("3d64", "3d128"), default="3d64")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(machine())
     compare_2d(args.steps)
-    compare_3d(args.size3d, args.repeats)
+    compare_3d(args.case3d, args.repeats)
 
 
 if __name__ == "__main__":

@@ -88,9 +88,13 @@ class AugmentedCase:
     image: sitk.Image
     labels: sitk.Image | None
     field: InputField
-    geometry: Geometry
     metrics: dict
     preview: dict
+
+    @property
+    def geometry(self) -> Geometry:
+        """The input grid (the field's)."""
+        return self.field.grid.input
 
 
 def _array(image: sitk.Image) -> torch.Tensor:
@@ -231,4 +235,4 @@ def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field:
                "spacing": tuple(reversed(geometry.spacing))[-2:],
                "labels_before": None if label_tensor is None else pick(label_tensor.numpy()),
                "labels_after": None if out_labels is None else pick(sitk.GetArrayViewFromImage(out_labels))}
-    return AugmentedCase(_as_image(out, image), out_labels, field, geometry, metrics, preview)
+    return AugmentedCase(_as_image(out, image), out_labels, field, metrics, preview)
