@@ -28,6 +28,40 @@ class SampleResult:
         return [n for n in (self.volumeNode, self.segmentationNode, self.transformNode) if n is not None]
 
 
+def removeNode(node) -> None:
+    """Remove ``node`` with its display and storage nodes from its scene (if it is in one)."""
+    scene = node.GetScene() if node is not None else None
+    if scene is None or not scene.IsNodePresent(node):
+        return
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] \
+        if hasattr(node, "GetNumberOfDisplayNodes") else []
+    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())] \
+        if hasattr(node, "GetNumberOfStorageNodes") else []
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and scene.IsNodePresent(helper):
+            scene.RemoveNode(helper)
+
+
+def removeResults(results: list[SampleResult]) -> None:
+    """Remove the generated nodes of ``results`` (and only those) from their scene."""
+    for result in results:
+        for node in result.nodes():
+            removeNode(node)
+
+
+def presentResults(results: list[SampleResult], scene) -> list[SampleResult]:
+    """``results`` without the samples whose volume or grid transform left ``scene`` (deleted by the user);
+    a deleted segmentation is dropped from its sample."""
+    kept = []
+    for result in results:
+        if scene.IsNodePresent(result.volumeNode) and scene.IsNodePresent(result.transformNode):
+            if result.segmentationNode is not None and not scene.IsNodePresent(result.segmentationNode):
+                result.segmentationNode = None
+            kept.append(result)
+    return kept
+
+
 def readManifest(manifestPath: Path) -> dict:
     """The engine's manifest, checked for a list of samples."""
     try:
@@ -65,7 +99,8 @@ def _volumeNode(scene, name: str, image: sitk.Image, inputVolumeNode):
 
 def loadSample(scene, folder: Path, sample: dict, number: int, inputVolumeNode, inputSegmentationNode=None,
                settings: dict | None = None) -> SampleResult:
-    """Create the nodes of one manifest sample, named ``<input>_drdm_<number>``; removes them on failure."""
+    """Create the nodes of one manifest sample, named ``<input>_drdm_<number>``, under the input volume's
+    parent transform (so that they overlay it), segmentation and grid hidden; removes them on failure."""
     baseName = f"{inputVolumeNode.GetName()}_drdm_{number}"
     created: list = []
     try:
@@ -86,10 +121,12 @@ def loadSample(scene, folder: Path, sample: dict, number: int, inputVolumeNode, 
         fieldImage = _readOnGrid(folder / sample["field"], inputVolumeNode, "displacement field")
         transformNode = fieldImageToGridTransformNode(fieldImage, scene, f"{baseName}_transform")
         created.append(transformNode)
-        showAsGrid(transformNode, volumeNode)
+        showAsGrid(transformNode, volumeNode, visible=False)
+        for node in created:
+            node.SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
     except Exception:
         for node in reversed(created):
-            scene.RemoveNode(node)
+            removeNode(node)
         raise
     return SampleResult(volumeNode, segmentationNode, transformNode, dict(sample.get("metrics", {})),
                         dict(settings or {}))
@@ -115,15 +152,14 @@ def loadResults(manifestPath, inputVolumeNode, inputSegmentationNode=None, scene
     first = nextSampleNumber(scene, inputVolumeNode)
     sampleSettings = dict(settings or {})
     sampleSettings["mode"] = manifest.get("mode")
+    sampleSettings["deviceUsed"] = manifest.get("settings", {}).get("device")
     results: list[SampleResult] = []
     try:
         for offset, sample in enumerate(manifest["samples"]):
             results.append(loadSample(scene, manifestPath.parent, sample, first + offset, inputVolumeNode,
                                       inputSegmentationNode, dict(sampleSettings, index=sample.get("index"))))
     except Exception:
-        for result in results:
-            for node in result.nodes():
-                scene.RemoveNode(node)
+        removeResults(results)
         raise
     return results
 
