@@ -89,7 +89,9 @@ def main() -> None:
                         "field": f"sample_{k}_field.nrrd", "preview": None,
                         "metrics": {"folding_fraction": 0.0, "displacement_mean_mm": 1.0,
                                     "displacement_p99_mm": 2.5, "dice": {}, "volume_change": {}}})
-    (out / "manifest.json").write_text(json.dumps({"mode": "diffusion-only", "samples": samples}))
+    print(f"drdm: fake worker wrote {args.samples} samples", file=sys.stderr, flush=True)
+    (out / "manifest.json").write_text(json.dumps({"mode": "diffusion-only", "samples": samples,
+                                                   "settings": {"device": "cpu"}}))
     print("drdm-progress 1.0 done", flush=True)
 
 

@@ -22,7 +22,7 @@ WRAPPERS = next((base / "shared" / "slicer" for base in (ROOT.parent, ROOT.paren
 WRAPPER_TAGS = ("v5.10.0", "v5.12.3")
 WIDGET_CLASSES_ON_SLICER = ("qMRMLNodeComboBox", "qMRMLRangeWidget", "qMRMLSliderWidget", "qMRMLSpinBox",
                             "qSlicerWidget", "qMRMLWidget")
-STANDIN_MODULES = ("qt", "ctk", "widgets", "app", "PyTorchUtils")
+STANDIN_MODULES = ("qt", "ctk", "widgets", "app", "PyTorchUtils", "SampleData")
 
 
 def _load(name: str, path: Path, package: bool = False):
@@ -47,8 +47,11 @@ class SlicerApp:
         self.before = set(sys.modules)
         monkeypatch.syspath_prepend(str(STANDIN))
         monkeypatch.syspath_prepend(str(ROOT / "DRDMSlicer"))
+        import qt
         from app import App, Modules
         from widgets import widgetClass
+
+        qt.QSettings.store = {}
 
         self.app, self.modules = App(version), Modules()
         monkeypatch.setattr(slicer, "app", self.app, raising=False)

@@ -14,6 +14,10 @@ class App:
         self.majorVersion, self.minorVersion, self.patchVersion = version
         self.applicationVersion = ".".join(map(str, version))
         self.processedEvents = 0
+        self.connections = []
+
+    def connect(self, signature: str, slot) -> None:
+        self.connections.append((signature, slot))
 
     def processEvents(self) -> None:
         self.processedEvents += 1

@@ -55,6 +55,18 @@ class QSettings:
         return key in self.store
 
 
+class QFileDialog:
+    """``getOpenFileName`` returns ``answer`` (set by a test) and records its calls."""
+
+    answer = ""
+    calls = []
+
+    @staticmethod
+    def getOpenFileName(*args) -> str:
+        QFileDialog.calls.append(args)
+        return QFileDialog.answer
+
+
 class QFile:
     ReadOnly = 1
 

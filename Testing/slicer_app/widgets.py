@@ -36,9 +36,11 @@ class Signal:
 class Widget:
     """Stand-in ``QWidget``: attributes are Qt properties; unknown ``...Changed`` names are signals."""
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, textOrParent=None, parent=None) -> None:
+        text = textOrParent if isinstance(textOrParent, str) else ""
+        parent = parent if isinstance(textOrParent, str) else textOrParent
         self.__dict__.update(_dynamic={}, _children=[], name="", visible=True, enabled=True, toolTip="",
-                             text="", _parent=parent)
+                             text=text, _parent=parent)
         if parent is not None:
             parent._children.append(self)
 
@@ -115,16 +117,23 @@ class Widget:
             self._node = node
             self.currentNodeChanged.emit(node)
 
-    # combo boxes
+    # combo boxes and text areas
+    def blockSignals(self, block: bool) -> None:
+        self._blocked = block
+
+    def _emit(self, name: str, *args) -> None:
+        if not self.__dict__.get("_blocked"):
+            getattr(self, name).emit(*args)
+
     def clear(self) -> None:
-        self.items, self.itemData = [], []
+        self.items, self.data, self.plainText = [], [], ""
         self.currentIndex = -1
 
     def addItem(self, text: str, data=None) -> None:
         self.__dict__.setdefault("items", []).append(text)
-        self.__dict__.setdefault("itemData", []).append(data)
+        self.__dict__.setdefault("data", []).append(data)
         if self.__dict__.get("currentIndex", -1) < 0:
-            self.currentIndex = 0
+            self.setCurrentIndex(0)
 
     def count(self) -> int:
         return len(self.__dict__.get("items", []))
@@ -132,18 +141,20 @@ class Widget:
     def itemText(self, index: int) -> str:
         return self.items[index]
 
-    def findText(self, text: str) -> int:
-        return self.items.index(text) if text in self.__dict__.get("items", []) else -1
+    def itemData(self, index: int):
+        return self.data[index] if 0 <= index < len(self.__dict__.get("data", [])) else None
 
     def setCurrentIndex(self, index: int) -> None:
-        self.currentIndex = index
+        if index != self.__dict__.get("currentIndex", -1):
+            self.currentIndex = index
+            self._emit("currentIndexChanged", index)
 
     # layouts, text areas and tables
     def addWidget(self, widget) -> None:
         self._children.append(widget)
 
     def appendPlainText(self, text: str) -> None:
-        self.plainText = self.__dict__.get("plainText", "") + ("\n" if self.__dict__.get("plainText") else "") + text
+        self.plainText = "\n".join(filter(None, [self.__dict__.get("plainText", ""), text]))
 
     def clearContents(self) -> None:
         self.cells = {}
