@@ -1,6 +1,8 @@
 """Static checks of the module files that need no Slicer application: the panel's parameter names
 match the parameter node, and the module imports no torch or Qt in its library."""
 import ast
+import json
+import re
 import xml.etree.ElementTree as ET
 
 from conftest import ROOT
@@ -74,3 +76,25 @@ def test_module_files_import_on_the_python_39_of_older_slicers():
                                                   for b in ast.walk(a))]
         assert future or not unions, path
         assert not importedNames(tree) & (NEWER_THAN_3_10 | {"typing.TypeAlias", "typing.ParamSpec"}), path
+
+
+def cmakeSetting(name: str) -> str:
+    match = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text())
+    assert match, name
+    return match.group(1)
+
+
+def test_extension_files_a_reviewer_needs_agree():
+    """LICENSE (the licence pyproject declares), the ExtensionsIndex entry, and the CMake metadata:
+    PyTorch as the build dependency, the minimum Slicer stated, screenshots that exist."""
+    license = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license and "Version 2.0, January 2004" in license
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
+    entry = json.loads((ROOT / "DRDMSlicer.json").read_text())
+    assert entry["build_dependencies"] == ["PyTorch"] == cmakeSetting("EXTENSION_DEPENDS").split()
+    assert entry["category"] == cmakeSetting("EXTENSION_CATEGORY")
+    assert entry["scm_url"].removesuffix(".git") == cmakeSetting("EXTENSION_HOMEPAGE")
+    assert {"$schema", "category", "scm_url"} <= set(entry)
+    assert "3D Slicer 5.10 or later" in cmakeSetting("EXTENSION_DESCRIPTION")
+    for url in cmakeSetting("EXTENSION_SCREENSHOTURLS").split():
+        assert (ROOT / url.split("/main/", 1)[1]).is_file(), url
