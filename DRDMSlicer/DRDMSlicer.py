@@ -198,6 +198,9 @@ class DRDMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.exportFolder = pathlib.Path(settings.value(SETTINGS + "exportFolder"))
         if settings.value(SETTINGS + "device") in ("auto", "cpu", "cuda"):
             p.device = settings.value(SETTINGS + "device")
+        combo = self.ui.modelComboBox
+        if combo.count():
+            p.model = combo.itemData(combo.currentIndex) or ""
         self.setParameterNode(p)
 
     def setParameterNode(self, inputParameterNode) -> None:

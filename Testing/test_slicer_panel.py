@@ -170,6 +170,7 @@ def test_scene_close_clears_the_results_and_settings_are_remembered(slicerApp, s
     assert widget._results == [] and widget.ui.resultsTable.rowCount == 0 and not widget.ui.exportButton.enabled
     p = widget._parameterNode
     assert p is not None and p.device == "cpu" and p.exportFolder == tmp_path     # from QSettings
+    assert p.model == widget.ui.modelComboBox.itemData(widget.ui.modelComboBox.currentIndex)
 
 
 def test_model_selector_lists_bundled_models_none_and_browsed_ones(slicerApp, tmp_path, monkeypatch):
