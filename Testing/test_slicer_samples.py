@@ -93,3 +93,22 @@ def test_console_generate_lets_slicer_process_events_while_it_waits(scene, case,
     _, volume, _ = case
     fakeLogic().generate(volume, samples=1, depth=8, seed=2)
     assert App.processed >= 10
+
+
+def test_a_file_off_the_input_grid_is_refused_from_its_header_and_leaves_no_nodes(scene, case, tmp_path):
+    import json
+
+    from fake_drdm_worker import analyticField
+
+    from DRDMSlicerLib import loadResults
+
+    image, volume, _ = case
+    field = analyticField(image, 0)
+    field.SetOrigin([o + 1.0 for o in image.GetOrigin()])
+    sitk.WriteImage(image, str(tmp_path / "image.nrrd"))
+    sitk.WriteImage(field, str(tmp_path / "field.nrrd"))
+    (tmp_path / "manifest.json").write_text(json.dumps({"samples": [{"image": "image.nrrd", "field": "field.nrrd"}]}))
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="displacement field field.nrrd does not lie on the input volume's grid"):
+        loadResults(tmp_path / "manifest.json", volume)
+    assert scene.GetNumberOfNodes() == before

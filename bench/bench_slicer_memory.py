@@ -1,11 +1,13 @@
 """Slicer-side memory per generated sample for a large CT (headless, real MRML from slicer-core).
 
-    PYTHONPATH=.:DRDMSlicer python bench/bench_slicer_memory.py [--size 512 512 300] [--samples 2]
+    PYTHONPATH=.:DRDMSlicer python bench/bench_slicer_memory.py [--size 512 512 300] [--samples 2] [--lib DIR]
 
 Writes an engine-like output folder once (int16 CT, 3-segment ``.seg.nrrd``, float32 LPS displacement
 field on the CT's grid, a manifest listing the same files ``--samples`` times), then a fresh process
 puts the CT and its segmentation in a scene and loads the samples with ``loadResults`` (what Generate
-does after the worker): resident memory (MiB) after the inputs, after each sample, and the peak.
+does after the worker): resident memory (MiB) after the inputs, after each sample, and the peak while
+loading. ``--lib DIR`` loads with another copy of the module library (``DIR/DRDMSlicerLib``), e.g. an
+older commit's (``git archive <commit> DRDMSlicer | tar -x -C /tmp/old``, then ``--lib /tmp/old/DRDMSlicer``).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import slicer
-sys.path[:0] = ["DRDMSlicer", "Testing"]
+sys.path[:0] = [sys.argv[3], "Testing"]
 from helpers import loadVolume
 from DRDMSlicerLib.results import loadResults
 from DRDMSlicerLib.segments import buildSegmentationNode
@@ -50,6 +52,7 @@ segmentation = buildSegmentationNode(scene, "ct_seg", source, masks, volume)
 del labels, masks
 scene.RemoveNode(source)
 inputs = rss()
+inputsPeak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 steps = []
 for number in range(int(sys.argv[2])):
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -58,7 +61,7 @@ for number in range(int(sys.argv[2])):
     loadResults(folder / "one.json", volume, segmentation)
     steps.append(rss())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"start": start, "inputs": inputs, "samples": steps, "peak": peak}))
+print(json.dumps({"start": start, "inputs": inputs, "inputsPeak": inputsPeak, "samples": steps, "peak": peak}))
 """
 
 
@@ -95,17 +98,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 300))
     parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--lib", default="DRDMSlicer", help="folder holding the DRDMSlicerLib to measure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         writeOutputs(Path(folder), tuple(args.size))
-        done = subprocess.run([sys.executable, "-c", CHILD, folder, str(args.samples)], capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", CHILD, folder, str(args.samples), args.lib],
+                              capture_output=True, text=True, check=True)
     figures = json.loads(done.stdout.splitlines()[-1])
     steps = [figures["inputs"], *figures["samples"]]
     perSample = [b - a for a, b in zip(steps, steps[1:])]
-    print(f"volume {args.size}: inputs {figures['inputs'] - figures['start']:.0f} MiB; per sample "
-          + ", ".join(f"{m:.0f}" for m in perSample) + f" MiB; peak RSS {figures['peak']:.0f} MiB "
-          f"(process total after inputs {figures['inputs']:.0f} MiB)")
+    print(f"volume {args.size}, library {args.lib}: inputs {figures['inputs'] - figures['start']:.0f} MiB; "
+          "per sample " + ", ".join(f"{m:.0f}" for m in perSample) + " MiB; process RSS after inputs "
+          f"{figures['inputs']:.0f} MiB (peak {figures['inputsPeak']:.0f}), peak while loading samples "
+          f"{figures['peak']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -73,19 +73,23 @@ def readManifest(manifestPath: Path) -> dict:
     return manifest
 
 
-def _readOnGrid(path: Path, inputVolumeNode, what: str) -> sitk.Image:
-    image = sitk.ReadImage(str(path))
-    if not sameGrid(image, inputVolumeNode):
+def _checkGrid(path: Path, inputVolumeNode, what: str) -> None:
+    """Refuse a file whose grid (read from its header only) is not the input volume's."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if not sameGrid(reader, inputVolumeNode):
         raise ValueError(f"the engine's {what} {path.name} does not lie on the input volume's grid")
-    return image
 
 
-def _volumeNode(scene, name: str, image: sitk.Image, inputVolumeNode):
+def _volumeNode(scene, name: str, path: Path, inputVolumeNode):
+    """Volume node of an engine image, with the input's geometry and window/level."""
+    _checkGrid(path, inputVolumeNode, "image")
     node = slicer.vtkMRMLScalarVolumeNode()
     node.SetName(name)
     node.CopyOrientation(inputVolumeNode)
     scene.AddNode(node)
-    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
     node.CreateDefaultDisplayNodes()
     source = inputVolumeNode.GetDisplayNode()
     if source is not None and hasattr(source, "GetWindow"):
@@ -97,29 +101,42 @@ def _volumeNode(scene, name: str, image: sitk.Image, inputVolumeNode):
     return node
 
 
+def _segmentationNode(scene, name: str, path: Path, inputSegmentationNode, volumeNode, inputVolumeNode):
+    """Segmentation node of an engine ``.seg.nrrd`` with the input segmentation's segments."""
+    _checkGrid(path, inputVolumeNode, "segmentation")
+    labels, labelValues = readSegmentationFile(path)
+    masks = masksFromLabels(labels, labelValues, segmentIds(inputSegmentationNode))
+    del labels
+    node = buildSegmentationNode(scene, name, inputSegmentationNode, masks, volumeNode)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _transformNode(scene, name: str, path: Path, inputVolumeNode):
+    """Grid transform node of an engine displacement field (the full field is freed on return)."""
+    _checkGrid(path, inputVolumeNode, "displacement field")
+    return fieldImageToGridTransformNode(sitk.ReadImage(str(path)), scene, name)
+
+
 def loadSample(scene, folder: Path, sample: dict, number: int, inputVolumeNode, inputSegmentationNode=None,
                settings: dict | None = None) -> SampleResult:
     """Create the nodes of one manifest sample, named ``<input>_drdm_<number>``, under the input volume's
-    parent transform (so that they overlay it), segmentation and grid hidden; removes them on failure."""
+    parent transform (so that they overlay it), segmentation and grid hidden; removes them on failure.
+    Each file is read in its own function so that only one full-size temporary is alive at a time."""
     baseName = f"{inputVolumeNode.GetName()}_drdm_{number}"
     created: list = []
     try:
-        image = _readOnGrid(folder / sample["image"], inputVolumeNode, "image")
-        volumeNode = _volumeNode(scene, baseName, image, inputVolumeNode)
+        volumeNode = _volumeNode(scene, baseName, folder / sample["image"], inputVolumeNode)
         created.append(volumeNode)
         segmentationNode = None
         if inputSegmentationNode is not None and segmentIds(inputSegmentationNode):
             if not sample.get("labels"):
                 raise ValueError("the engine returned no segmentation for a sample")
-            _readOnGrid(folder / sample["labels"], inputVolumeNode, "segmentation")
-            labels, labelValues = readSegmentationFile(folder / sample["labels"])
-            masks = masksFromLabels(labels, labelValues, segmentIds(inputSegmentationNode))
-            segmentationNode = buildSegmentationNode(scene, f"{inputSegmentationNode.GetName()}_drdm_{number}",
-                                                     inputSegmentationNode, masks, volumeNode)
-            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode = _segmentationNode(scene, f"{inputSegmentationNode.GetName()}_drdm_{number}",
+                                                 folder / sample["labels"], inputSegmentationNode, volumeNode,
+                                                 inputVolumeNode)
             created.append(segmentationNode)
-        fieldImage = _readOnGrid(folder / sample["field"], inputVolumeNode, "displacement field")
-        transformNode = fieldImageToGridTransformNode(fieldImage, scene, f"{baseName}_transform")
+        transformNode = _transformNode(scene, f"{baseName}_transform", folder / sample["field"], inputVolumeNode)
         created.append(transformNode)
         showAsGrid(transformNode, volumeNode, visible=False)
         for node in created:
