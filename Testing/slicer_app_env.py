@@ -70,7 +70,7 @@ class SlicerApp:
         for widget in self.widgets:
             widget.cleanup()
         for name in set(sys.modules) - self.before:
-            if name.startswith(("slicer.", "DRDMSlicer")) or name in STANDIN_MODULES:
+            if name.startswith("slicer.") or name == "DRDMSlicer" or name in STANDIN_MODULES:
                 del sys.modules[name]
         for name in ("slicer.i18n", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"):
             sys.modules.pop(name, None)

@@ -6,7 +6,7 @@ Writes an engine-like output folder once (int16 CT, 3-segment ``.seg.nrrd``, flo
 field on the CT's grid, a manifest listing the same files ``--samples`` times), then a fresh process
 puts the CT and its segmentation in a scene and loads the samples with ``loadResults`` (what Generate
 does after the worker): resident memory (MiB) after the inputs, after each sample, and the peak while
-loading. ``--lib DIR`` loads with another copy of the module library (``DIR/DRDMSlicerLib``), e.g. an
+loading (RSS polled every 5 ms). ``--lib DIR`` loads with another copy of the module library (``DIR/DRDMSlicerLib``), e.g. an
 older commit's (``git archive <commit> DRDMSlicer | tar -x -C /tmp/old``, then ``--lib /tmp/old/DRDMSlicer``).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 CHILD = """
-import json, resource, sys
+import json, sys, threading, time
 from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
@@ -30,7 +30,6 @@ import slicer
 sys.path[:0] = [sys.argv[3], "Testing"]
 from helpers import loadVolume
 from DRDMSlicerLib.results import loadResults
-from DRDMSlicerLib.segments import buildSegmentationNode
 
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -42,17 +41,20 @@ slicer.vtkSlicerSegmentationsModuleLogic().SetMRMLScene(scene)
 start = rss()
 volume = loadVolume(scene, folder / "ct.nrrd")
 volume.SetName("ct")
-labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nrrd")))
-source = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-masks = {}
-for value in (1, 2, 3):
-    source.GetSegmentation().AddEmptySegment(f"s{value}", f"S{value}", (value / 3, 0.5, 0.5))
-    masks[f"s{value}"] = (labels == value).astype(np.uint8)
-segmentation = buildSegmentationNode(scene, "ct_seg", source, masks, volume)
-del labels, masks
-scene.RemoveNode(source)
+segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "ct_seg")
+storage = slicer.vtkMRMLSegmentationStorageNode()
+storage.SetFileName(str(folder / "labels.seg.nrrd"))
+assert storage.ReadData(segmentation)
 inputs = rss()
-inputsPeak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+loadingPeak, loading = [inputs], True
+
+def watch():
+    while loading:
+        loadingPeak[0] = max(loadingPeak[0], rss())
+        time.sleep(0.005)
+
+watcher = threading.Thread(target=watch)
+watcher.start()
 steps = []
 for number in range(int(sys.argv[2])):
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -60,8 +62,9 @@ for number in range(int(sys.argv[2])):
     (folder / "one.json").write_text(json.dumps(manifest))
     loadResults(folder / "one.json", volume, segmentation)
     steps.append(rss())
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"start": start, "inputs": inputs, "inputsPeak": inputsPeak, "samples": steps, "peak": peak}))
+loading = False
+watcher.join()
+print(json.dumps({"start": start, "inputs": inputs, "samples": steps, "peak": loadingPeak[0]}))
 """
 
 
@@ -109,8 +112,7 @@ def main() -> None:
     perSample = [b - a for a, b in zip(steps, steps[1:])]
     print(f"volume {args.size}, library {args.lib}: inputs {figures['inputs'] - figures['start']:.0f} MiB; "
           "per sample " + ", ".join(f"{m:.0f}" for m in perSample) + " MiB; process RSS after inputs "
-          f"{figures['inputs']:.0f} MiB (peak {figures['inputsPeak']:.0f}), peak while loading samples "
-          f"{figures['peak']:.0f} MiB")
+          f"{figures['inputs']:.0f} MiB, peak while loading the samples {figures['peak']:.0f} MiB")
 
 
 if __name__ == "__main__":
