@@ -22,7 +22,7 @@ from slicer.util import VTKObservationMixin
 from DRDMSlicerLib import (DEFAULT_DEPTH, MAX_DEPTH, DRDMLogic, presentResults, removeResults, removeSequence,
                            samplesAsSequence, showSample)
 from DRDMSlicerLib.compatibility import slicerVersionProblem
-from DRDMSlicerLib.dependencies import ENGINE_PACKAGES, missingPackages, torchReady, torchRequirement
+from DRDMSlicerLib.dependencies import missingPackages, torchReady, torchRequirement
 from DRDMSlicerLib.display import setBackground
 from DRDMSlicerLib.models import NONE, bundledModels
 from DRDMSlicerLib.sampledata import loadSampleCase, sampleCasePaths
@@ -431,7 +431,7 @@ class DRDMSlicerTest(ScriptedLoadableModuleTest):
         problem = versionProblem()
         if problem:
             return problem
-        missing = ([] if torchReady() else ["torch " + torchRequirement()]) + missingPackages(ENGINE_PACKAGES)
+        missing = ([] if torchReady() else ["torch " + torchRequirement()]) + missingPackages()
         if missing:
             return (f"DRDM self-test skipped: {', '.join(missing)} not installed "
                     f"(press Generate once in the DRDM panel to install them)")

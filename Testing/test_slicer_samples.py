@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
 
-from test_slicer_logic import INTERIOR, case, fakeLogic, slicer_array  # noqa: E402,F401
+from test_slicer_logic import INTERIOR, case, fakeLogic  # noqa: E402,F401
 
 
 def test_grid_transform_is_float32_on_a_coarse_grid_and_still_reproduces_the_output(scene, case):

@@ -24,8 +24,6 @@ import SimpleITK as sitk
 CHILD = """
 import json, sys, threading, time
 from pathlib import Path
-import numpy as np
-import SimpleITK as sitk
 import slicer
 sys.path[:0] = [sys.argv[3], "Testing"]
 from helpers import loadVolume
@@ -69,7 +67,7 @@ print(json.dumps({"start": start, "inputs": inputs, "samples": steps, "peak": lo
 
 
 def writeOutputs(folder: Path, size: tuple[int, int, int]) -> None:
-    """CT-like int16 volume, a 3-label map, and a smooth float32 displacement field (LPS mm)."""
+    """CT-like int16 volume, its 3-segment ``.seg.nrrd``, and a smooth float32 displacement field (LPS mm)."""
     import slicerio
 
     i, j, k = size
@@ -77,10 +75,8 @@ def writeOutputs(folder: Path, size: tuple[int, int, int]) -> None:
     radius = np.sqrt(xx**2 + yy**2 + zz**2)
     labels = (1 * (radius < 0.8) + (radius < 0.5) + (radius < 0.2)).astype(np.uint8)
     ct = sitk.GetImageFromArray((np.array([-1000, 40, 300, 700], np.int16)[labels]))
-    for image in (ct, label := sitk.GetImageFromArray(labels)):
-        image.SetSpacing((0.7, 0.7, 1.0))
+    ct.SetSpacing((0.7, 0.7, 1.0))
     sitk.WriteImage(ct, str(folder / "ct.nrrd"))
-    sitk.WriteImage(label, str(folder / "labels.nrrd"))
     field = np.empty((k, j, i, 3), np.float32)
     for axis in range(3):
         field[..., axis] = 3.0 * np.sin(np.pi * (xx + 2 * yy + axis * zz))
