@@ -3,7 +3,8 @@ progress lines, but a known analytic displacement field instead of the diffusion
 
 Field (LPS mm): u(p) = amplitude * sin(2*pi*(p - centre) / period) per axis, phase shifted per sample;
 image warped linearly, labels with nearest neighbour, both with ``out(x) = in(x + u(x))``.
-Set ``DRDM_FAKE_SLEEP`` (seconds per sample) to make it slow for cancellation tests.
+Set ``DRDM_FAKE_SLEEP`` (seconds per sample) to make it slow for cancellation tests, and
+``DRDM_FAKE_BAD_BYTES`` to print a line that is not UTF-8 before the progress lines.
 """
 import argparse
 import json
@@ -63,6 +64,10 @@ def main() -> None:
     segmentation = slicerio.read_segmentation(args.labels) if args.labels else None
     out = Path(args.out)
     out.mkdir(parents=True)
+    if os.environ.get("DRDM_FAKE_BAD_BYTES"):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"caf\xe9 \xff\xfe not utf-8\n")
+        sys.stdout.buffer.flush()
     samples = []
     for k in range(args.samples):
         time.sleep(float(os.environ.get("DRDM_FAKE_SLEEP", "0")))
@@ -84,7 +89,9 @@ def main() -> None:
                         "field": f"sample_{k}_field.nrrd", "preview": None,
                         "metrics": {"folding_fraction": 0.0, "displacement_mean_mm": 1.0,
                                     "displacement_p99_mm": 2.5, "dice": {}, "volume_change": {}}})
-    (out / "manifest.json").write_text(json.dumps({"mode": "diffusion-only", "samples": samples}))
+    print(f"drdm: fake worker wrote {args.samples} samples", file=sys.stderr, flush=True)
+    (out / "manifest.json").write_text(json.dumps({"mode": "diffusion-only", "samples": samples,
+                                                   "settings": {"device": "cpu"}}))
     print("drdm-progress 1.0 done", flush=True)
 
 

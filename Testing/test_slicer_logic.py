@@ -95,7 +95,8 @@ def test_generate_creates_nodes_with_exact_geometry_segments_and_grid_display(sc
         assert geometry, "segmentation has no reference geometry"
         display = result.transformNode.GetDisplayNode()
         assert display.GetVisualizationMode() == display.VIS_MODE_GRID
-        assert display.GetVisibility() and display.GetVisibility2D()
+        assert display.GetVisibility2D() and bool(display.GetVisibility()) == (number == 1)  # one shown
+        assert bool(seg.GetDisplayNode().GetVisibility()) == (number == 1)
         assert display.GetRegionNode() is result.volumeNode
         assert result.settings["seed"] == 3 and result.settings["depth"] == 8
         assert "folding_fraction" in result.metrics

@@ -11,8 +11,8 @@ import vtk
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-def ijkToRasFromImage(image: sitk.Image) -> np.ndarray:
-    """IJK-to-RAS (4x4, mm) of a 3D SimpleITK image whose geometry is in LPS."""
+def ijkToRasFromImage(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
+    """IJK-to-RAS (4x4, mm) of a 3D SimpleITK image (or a reader that read its header), geometry in LPS."""
     if image.GetDimension() != 3:
         raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
@@ -40,8 +40,9 @@ def vtkMatrixFromArray(matrix: np.ndarray) -> vtk.vtkMatrix4x4:
     return vtkMatrix
 
 
-def sameGrid(image: sitk.Image, volumeNode, toleranceMm: float = 1e-3) -> bool:
-    """True when the image has the node's dimensions and voxel positions agree within ``toleranceMm``."""
+def sameGrid(image: sitk.Image | sitk.ImageFileReader, volumeNode, toleranceMm: float = 1e-3) -> bool:
+    """True when the image (or a reader that read its header) has the node's dimensions and voxel
+    positions agree within ``toleranceMm``."""
     imageData = volumeNode.GetImageData()
     if imageData is None or tuple(image.GetSize()) != tuple(imageData.GetDimensions()):
         return False

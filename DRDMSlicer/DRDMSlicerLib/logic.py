@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import slicer
+
+from .display import showSample
 from .export import export as exportResults
 from .inputs import writeInputs
 from .results import SampleResult, loadResults
@@ -25,6 +28,7 @@ from .worker import EngineJob, augmentCommand, engineSearchPath, workerPython
 DEFAULT_DEPTH = 64
 MAX_DEPTH = 79
 DEVICES = ("auto", "cpu", "cuda")
+EVENT_SECONDS = 0.02  # how often generate() lets Slicer process its events while it waits
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -89,13 +93,18 @@ class Generation:
     def running(self) -> bool:
         return self.job.running()
 
+    def log(self) -> list[str]:
+        """The worker's log lines so far (progress lines excluded)."""
+        return self.job.log()
+
     def cancel(self) -> None:
         """Kill the worker and delete its files; no nodes are created."""
         self.job.cancel()
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def finish(self) -> list[SampleResult]:
-        """Wait for the worker, then load all samples into the input volume's scene (all or nothing)."""
+        """Wait for the worker, then load all samples into the input volume's scene (all or nothing) and
+        show the first one."""
         try:
             code = self.job.wait()
             if self.job.cancelled:
@@ -107,6 +116,7 @@ class Generation:
                         "input": self.volumeNode.GetName()}
             self.results = loadResults(self._folder / "out" / "manifest.json", self.volumeNode,
                                        self.segmentationNode, settings=settings)
+            showSample(self.results, 0)
             return self.results
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
@@ -132,14 +142,20 @@ class DRDMLogic:
                  device: str = "auto", pollSeconds: float = 0.2) -> list[SampleResult]:
         """Generate ``samples`` deformations and block until they are loaded; one result per sample.
 
-        ``progress(fraction 0..1, text)`` is called while the worker runs; raising from it cancels.
+        ``progress(fraction 0..1, text)`` is called every ``pollSeconds`` while the worker runs; raising
+        from it cancels. Inside Slicer the application keeps processing its events while this waits.
         """
         generation = self.start(volumeNode, segmentationNode, samples, depth, seed, model, device)
+        app = getattr(slicer, "app", None)
         try:
+            reported = 0.0
             while generation.running():
-                if progress is not None:
+                if progress is not None and time.monotonic() - reported >= pollSeconds:
                     progress(generation.fraction, generation.message)
-                time.sleep(pollSeconds)
+                    reported = time.monotonic()
+                if app is not None:
+                    app.processEvents()
+                time.sleep(EVENT_SECONDS if app is not None else pollSeconds)
         except BaseException:
             generation.cancel()
             raise

@@ -28,6 +28,40 @@ class SampleResult:
         return [n for n in (self.volumeNode, self.segmentationNode, self.transformNode) if n is not None]
 
 
+def removeNode(node) -> None:
+    """Remove ``node`` with its display and storage nodes from its scene (if it is in one)."""
+    scene = node.GetScene() if node is not None else None
+    if scene is None or not scene.IsNodePresent(node):
+        return
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] \
+        if hasattr(node, "GetNumberOfDisplayNodes") else []
+    helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())] \
+        if hasattr(node, "GetNumberOfStorageNodes") else []
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and scene.IsNodePresent(helper):
+            scene.RemoveNode(helper)
+
+
+def removeResults(results: list[SampleResult]) -> None:
+    """Remove the generated nodes of ``results`` (and only those) from their scene."""
+    for result in results:
+        for node in result.nodes():
+            removeNode(node)
+
+
+def presentResults(results: list[SampleResult], scene) -> list[SampleResult]:
+    """``results`` without the samples whose volume or grid transform left ``scene`` (deleted by the user);
+    a deleted segmentation is dropped from its sample."""
+    kept = []
+    for result in results:
+        if scene.IsNodePresent(result.volumeNode) and scene.IsNodePresent(result.transformNode):
+            if result.segmentationNode is not None and not scene.IsNodePresent(result.segmentationNode):
+                result.segmentationNode = None
+            kept.append(result)
+    return kept
+
+
 def readManifest(manifestPath: Path) -> dict:
     """The engine's manifest, checked for a list of samples."""
     try:
@@ -39,19 +73,23 @@ def readManifest(manifestPath: Path) -> dict:
     return manifest
 
 
-def _readOnGrid(path: Path, inputVolumeNode, what: str) -> sitk.Image:
-    image = sitk.ReadImage(str(path))
-    if not sameGrid(image, inputVolumeNode):
+def _checkGrid(path: Path, inputVolumeNode, what: str) -> None:
+    """Refuse a file whose grid (read from its header only) is not the input volume's."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if not sameGrid(reader, inputVolumeNode):
         raise ValueError(f"the engine's {what} {path.name} does not lie on the input volume's grid")
-    return image
 
 
-def _volumeNode(scene, name: str, image: sitk.Image, inputVolumeNode):
+def _volumeNode(scene, name: str, path: Path, inputVolumeNode):
+    """Volume node of an engine image, with the input's geometry and window/level."""
+    _checkGrid(path, inputVolumeNode, "image")
     node = slicer.vtkMRMLScalarVolumeNode()
     node.SetName(name)
     node.CopyOrientation(inputVolumeNode)
     scene.AddNode(node)
-    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
     node.CreateDefaultDisplayNodes()
     source = inputVolumeNode.GetDisplayNode()
     if source is not None and hasattr(source, "GetWindow"):
@@ -63,33 +101,49 @@ def _volumeNode(scene, name: str, image: sitk.Image, inputVolumeNode):
     return node
 
 
+def _segmentationNode(scene, name: str, path: Path, inputSegmentationNode, volumeNode, inputVolumeNode):
+    """Segmentation node of an engine ``.seg.nrrd`` with the input segmentation's segments."""
+    _checkGrid(path, inputVolumeNode, "segmentation")
+    labels, labelValues = readSegmentationFile(path)
+    masks = masksFromLabels(labels, labelValues, segmentIds(inputSegmentationNode))
+    del labels
+    node = buildSegmentationNode(scene, name, inputSegmentationNode, masks, volumeNode)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _transformNode(scene, name: str, path: Path, inputVolumeNode):
+    """Grid transform node of an engine displacement field (the full field is freed on return)."""
+    _checkGrid(path, inputVolumeNode, "displacement field")
+    return fieldImageToGridTransformNode(sitk.ReadImage(str(path)), scene, name)
+
+
 def loadSample(scene, folder: Path, sample: dict, number: int, inputVolumeNode, inputSegmentationNode=None,
                settings: dict | None = None) -> SampleResult:
-    """Create the nodes of one manifest sample, named ``<input>_drdm_<number>``; removes them on failure."""
+    """Create the nodes of one manifest sample, named ``<input>_drdm_<number>``, under the input volume's
+    parent transform (so that they overlay it), segmentation and grid hidden; removes them on failure.
+    Each file is read in its own function so that only one full-size temporary is alive at a time."""
     baseName = f"{inputVolumeNode.GetName()}_drdm_{number}"
     created: list = []
     try:
-        image = _readOnGrid(folder / sample["image"], inputVolumeNode, "image")
-        volumeNode = _volumeNode(scene, baseName, image, inputVolumeNode)
+        volumeNode = _volumeNode(scene, baseName, folder / sample["image"], inputVolumeNode)
         created.append(volumeNode)
         segmentationNode = None
         if inputSegmentationNode is not None and segmentIds(inputSegmentationNode):
             if not sample.get("labels"):
                 raise ValueError("the engine returned no segmentation for a sample")
-            _readOnGrid(folder / sample["labels"], inputVolumeNode, "segmentation")
-            labels, labelValues = readSegmentationFile(folder / sample["labels"])
-            masks = masksFromLabels(labels, labelValues, segmentIds(inputSegmentationNode))
-            segmentationNode = buildSegmentationNode(scene, f"{inputSegmentationNode.GetName()}_drdm_{number}",
-                                                     inputSegmentationNode, masks, volumeNode)
-            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode = _segmentationNode(scene, f"{inputSegmentationNode.GetName()}_drdm_{number}",
+                                                 folder / sample["labels"], inputSegmentationNode, volumeNode,
+                                                 inputVolumeNode)
             created.append(segmentationNode)
-        fieldImage = _readOnGrid(folder / sample["field"], inputVolumeNode, "displacement field")
-        transformNode = fieldImageToGridTransformNode(fieldImage, scene, f"{baseName}_transform")
+        transformNode = _transformNode(scene, f"{baseName}_transform", folder / sample["field"], inputVolumeNode)
         created.append(transformNode)
-        showAsGrid(transformNode, volumeNode)
+        showAsGrid(transformNode, volumeNode, visible=False)
+        for node in created:
+            node.SetAndObserveTransformNodeID(inputVolumeNode.GetTransformNodeID())
     except Exception:
         for node in reversed(created):
-            scene.RemoveNode(node)
+            removeNode(node)
         raise
     return SampleResult(volumeNode, segmentationNode, transformNode, dict(sample.get("metrics", {})),
                         dict(settings or {}))
@@ -115,15 +169,14 @@ def loadResults(manifestPath, inputVolumeNode, inputSegmentationNode=None, scene
     first = nextSampleNumber(scene, inputVolumeNode)
     sampleSettings = dict(settings or {})
     sampleSettings["mode"] = manifest.get("mode")
+    sampleSettings["deviceUsed"] = manifest.get("settings", {}).get("device")
     results: list[SampleResult] = []
     try:
         for offset, sample in enumerate(manifest["samples"]):
             results.append(loadSample(scene, manifestPath.parent, sample, first + offset, inputVolumeNode,
                                       inputSegmentationNode, dict(sampleSettings, index=sample.get("index"))))
     except Exception:
-        for result in results:
-            for node in result.nodes():
-                scene.RemoveNode(node)
+        removeResults(results)
         raise
     return results
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import slicer
+import vtk
 
-from .results import SampleResult
+from .results import SampleResult, removeNode
 from .transforms import showAsGrid
 
 INDEX_NAME = "sample"
@@ -54,3 +55,16 @@ def samplesAsSequence(results: list[SampleResult], name: str = "DRDM samples"):
     logic.UpdateProxyNodesFromSequences(browser)
     showAsGrid(browser.GetProxyNode(sequences["transforms"]), browser.GetProxyNode(sequences["volumes"]))
     return browser
+
+
+def removeSequence(browser) -> None:
+    """Remove a browser made by :func:`samplesAsSequence` with its sequences and proxy nodes."""
+    scene = browser.GetScene()
+    if scene is None:
+        return
+    collection = vtk.vtkCollection()
+    browser.GetSynchronizedSequenceNodes(collection, True)
+    sequences = [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+    proxies = [browser.GetProxyNode(sequence) for sequence in sequences]
+    for node in [browser, *sequences, *proxies]:
+        removeNode(node)

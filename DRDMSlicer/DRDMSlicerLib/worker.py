@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +16,10 @@ from pathlib import Path
 
 PROGRESS_PREFIX = "drdm-progress"
 ERROR_PREFIX = "drdm: error:"
+READER_JOIN_SECONDS = 2.0
+# Windows process creation flags (the subprocess constants exist only on Windows).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
 
 
 def engineSearchPath() -> str:
@@ -56,8 +61,33 @@ def augmentCommand(python: str, imagePath: str, labelsPath: str | None, outFolde
     return command
 
 
+def processOptions(platform: str = sys.platform) -> dict:
+    """``Popen`` options that make the worker the root of its own process tree (a new session on POSIX,
+    a new process group on Windows, without a console window), so that the whole tree can be killed."""
+    if platform == "win32":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def killProcessTree(process: subprocess.Popen) -> None:
+    """Kill ``process`` and every process it started (``PythonSlicer`` is a launcher whose child, the real
+    Python, shares its pipes and would survive ``process.kill()``)."""
+    if sys.platform == "win32":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, creationflags=CREATE_NO_WINDOW)
+        if process.poll() is None:
+            process.kill()
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        if process.poll() is None:
+            process.kill()
+
+
 class EngineJob:
-    """A running worker process whose stdout progress lines and stderr are collected by reader threads."""
+    """A running worker process tree whose stdout progress lines and stderr (UTF-8, undecodable bytes
+    replaced) are collected by reader threads."""
 
     def __init__(self, command: list[str], engineFolder: str | None = None) -> None:
         env = dict(os.environ)
@@ -72,7 +102,8 @@ class EngineJob:
         self._log: list[str] = []
         self._lock = threading.Lock()
         self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+                                         stderr=subprocess.PIPE, encoding="utf-8", errors="replace", bufsize=1,
+                                         env=env, **processOptions())
         self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, True), daemon=True),
                          threading.Thread(target=self._read, args=(self._process.stderr, False), daemon=True)]
         for reader in self._readers:
@@ -101,21 +132,28 @@ class EngineJob:
         return self._process.poll() is None
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for the process and its output readers; returns the exit code."""
+        """Wait for the process, then for its output readers (at most ``READER_JOIN_SECONDS``; a process
+        it left behind that still holds the pipes is killed); returns the exit code."""
         code = self._process.wait(timeout)
-        for reader in self._readers:
-            reader.join()
+        if not self._joinReaders():
+            killProcessTree(self._process)
+            self._joinReaders()
         return code
+
+    def _joinReaders(self) -> bool:
+        """Join the reader threads within ``READER_JOIN_SECONDS`` in all; True when both ended."""
+        for reader in self._readers:
+            reader.join(READER_JOIN_SECONDS)
+        return not any(reader.is_alive() for reader in self._readers)
 
     @property
     def returncode(self) -> int | None:
         return self._process.poll()
 
     def cancel(self) -> None:
-        """Kill the worker (no partial results are loaded) and wait for it to exit."""
+        """Kill the worker's whole process tree (no partial results are loaded) and wait for it to exit."""
         self.cancelled = True
-        if self.running():
-            self._process.kill()
+        killProcessTree(self._process)
         self.wait()
 
     def log(self) -> list[str]:

@@ -1,5 +1,5 @@
-"""Render the README pictures: an axial slice of a deformed chest CT with its displacement grid as Slicer
-draws it, and the module panel's layout drawn from ``Resources/UI/DRDMSlicer.ui``.
+"""Render the README picture: an axial slice of a deformed chest CT with its displacement grid as Slicer
+draws it (the panel itself can only be captured in the Slicer application).
 
     PYTHONPATH=DRDMSlicer:. python DRDMSlicer/Scripts/render_screenshots.py --out DRDMSlicer/Resources/Screenshots \
         [--scene demo/DRDM_demo.mrml]
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -103,54 +102,6 @@ def renderGridOverlay(volume, transform, caption: str, out: Path) -> None:
     picture.save(out)
 
 
-def renderPanel(uiPath: Path, out: Path) -> None:
-    """Draw the panel's sections, labels and widgets from the ``.ui`` file (a layout sketch, not Qt)."""
-    root = ET.parse(uiPath).getroot()
-    width, row = 420, 30
-    items = []
-    for widget in root.find("widget").iter("widget"):
-        kind, name = widget.get("class"), widget.get("name") or ""
-        if kind == "qMRMLWidget":
-            continue
-        text = widget.find("property[@name='text']/string")
-        text = text.text if text is not None and text.text else ""
-        items.append((kind, name, text))
-    picture = Image.new("RGB", (width, row * (len(items) + 2)), (239, 239, 239))
-    draw = ImageDraw.Draw(picture)
-    draw.rectangle((0, 0, width, row), fill=(60, 90, 140))
-    draw.text((10, 9), "DRDM Augmentation", fill=(255, 255, 255))
-    y = row + 6
-    label = ""
-    for kind, name, text in items:
-        if kind == "ctkCollapsibleButton":
-            draw.rectangle((6, y, width - 6, y + row - 6), fill=(210, 214, 222), outline=(150, 150, 160))
-            draw.text((14, y + 7), f"v  {text}", fill=(0, 0, 0))
-        elif kind == "QLabel" and name != "statusLabel":
-            label = text
-            continue
-        elif kind in ("QPushButton",):
-            draw.rounded_rectangle((20, y, width - 20, y + row - 6), 5, fill=(250, 250, 250), outline=(120, 120, 120))
-            draw.text((width // 2 - 3 * len(text), y + 7), text, fill=(0, 0, 0))
-        elif kind == "QProgressBar":
-            draw.rectangle((20, y + 4, width - 20, y + row - 10), outline=(120, 120, 120))
-            draw.rectangle((21, y + 5, 21 + (width - 42) * 2 // 5, y + row - 11), fill=(80, 160, 80))
-        elif kind == "QTableWidget":
-            for c, header in enumerate(("Sample", "Folding %", "Mean |u| mm", "Dice ...")):
-                draw.rectangle((20 + c * 95, y, 20 + (c + 1) * 95, y + row - 6), fill=(255, 255, 255), outline=(160, 160, 160))
-                draw.text((26 + c * 95, y + 7), header, fill=(0, 0, 0))
-        elif kind == "QLabel":
-            draw.text((20, y + 7), "status: Generating... sample 2 of 3", fill=(60, 60, 60))
-        elif kind == "QCheckBox":
-            draw.rectangle((160, y + 4, 174, y + 18), fill=(255, 255, 255), outline=(120, 120, 120))
-            draw.text((182, y + 7), text, fill=(0, 0, 0))
-        else:
-            draw.text((20, y + 7), label, fill=(0, 0, 0))
-            draw.rectangle((160, y, width - 20, y + row - 6), fill=(255, 255, 255), outline=(150, 150, 150))
-            draw.text((166, y + 7), kind, fill=(110, 110, 110))
-        y += row
-    picture.crop((0, 0, width, y + 6)).save(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -167,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         volume, transform, caption = diffusionOnlySample(scene, args.depth, args.seed)
     renderGridOverlay(volume, transform, caption, args.out / "grid_overlay.png")
-    renderPanel(HERE.parent / "Resources" / "UI" / "DRDMSlicer.ui", args.out / "panel.png")
-    print(f"wrote {args.out / 'grid_overlay.png'} and {args.out / 'panel.png'}")
+    print(f"wrote {args.out / 'grid_overlay.png'}")
     return 0
 
 

@@ -1,0 +1,1 @@
+# Stand-in: extension config generation and packaging do nothing here.
