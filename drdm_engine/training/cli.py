@@ -16,11 +16,13 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..errors import DRDMError
+from ..limits import require_seed, require_side
 from .config import add_config_arguments, from_arguments
 from .data import find_volumes, load_volumes
 from .distributed import launched_by_torchrun, stop
 from .evaluation import buckets_for, recovery_error
-from .trainer import Trainer, resolve_device
+from .run_folder import check_run_folder
+from .trainer import RUN_FILES, Trainer, resolve_device
 
 INTERRUPTED = 130
 
@@ -88,6 +90,7 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 def run_train(args: argparse.Namespace) -> int:
     """Train (in this process, or relaunched under torchrun for ``--distributed``)."""
     config = from_arguments(args)
+    check_run_folder(Path(config.out), RUN_FILES, bool(config.resume), config.overwrite)
     if args.distributed and not launched_by_torchrun():
         nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
         argv = _strip_nproc(getattr(args, "argv", sys.argv[2:]))
@@ -105,6 +108,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Print the recovery error per t bucket of ``--model`` on the given volumes."""
     if args.samples < 1 or args.buckets < 1:
         raise DRDMError("--samples and --buckets must be at least 1")
+    if args.size:
+        require_side("--size", args.size)
+    require_seed("--seed", args.seed)
     paths = find_volumes(args.data)
     device = resolve_device(args.device)
     probe = load_checkpoint(args.model)

@@ -8,6 +8,7 @@ import torch
 from .. import checkpoint
 from ..checkpoint import ModelMeta
 from ..errors import DRDMError
+from ..limits import require_int
 from ..network import RecResACNet
 from .config import TrainConfig
 
@@ -34,6 +35,7 @@ def starting_network(config: TrainConfig, ndims: int) -> tuple[RecResACNet, dict
         loaded, training = checkpoint.load_checkpoint(config.resume, ndims=ndims, with_training=True)
         if training is None:
             raise DRDMError(f"{config.resume} holds no training state; use --fine-tune to start from its weights")
+        require_int(f"{config.resume}: training step", training.get("step"), 0)
         return loaded.net.train(), training
     if config.fine_tune:
         source = Path(config.fine_tune)
