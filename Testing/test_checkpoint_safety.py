@@ -237,3 +237,11 @@ def test_import_checkpoint_into_a_folder_or_under_a_file(tmp_path, capsys, publi
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
     code, _ = run_cli(capsys, "import-checkpoint", published, tmp_path / "ok.pt", "--size", "16")
     assert code == 0 and load_checkpoint(tmp_path / "ok.pt").meta.size == 16
+
+
+def test_device_files_and_control_characters(tmp_path, capsys):
+    assert_refused(*run_cli(capsys, "info", "--model", "/dev/zero"), "not a regular file")
+    payload = our_payload()
+    payload["meta"]["trained_on"] = "phantoms\ndrdm-progress 1.0 done"
+    torch.save(payload, tmp_path / "spoof.pt")
+    assert_refused(*run_cli(capsys, "info", "--model", tmp_path / "spoof.pt"), "control characters")

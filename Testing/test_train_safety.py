@@ -143,3 +143,42 @@ def test_evaluate_any_seed_in_range_runs(data, model, capsys):
 @pytest.mark.parametrize("size", ["12", "-8", "4", "100000"])
 def test_evaluate_impossible_size(data, model, capsys, size):
     assert_refused(run_cli(capsys, evaluate(model, data, f"--size={size}")), "--size must be a multiple of 8")
+
+
+# --- resume from a checkpoint whose training state is corrupt ---------------------------------------
+def _set(path, value):
+    def change(training):
+        *parents, last = path
+        for key in parents:
+            training = training[key]
+        training[last] = value
+    return change
+
+
+CORRUPT_STATES = {
+    "step a string": (_set(["step"], "7"), "training step must be an integer"),
+    "step negative": (_set(["step"], -1), "training step must be an integer"),
+    "no step": (lambda t: t.pop("step"), "training step must be an integer"),
+    "optimizer a list": (_set(["optimizer"], []), "corrupt training state"),
+    "optimizer groups": (_set(["optimizer", "param_groups"], []), "corrupt training state"),
+    "random state": (_set(["rng", 0, "sample"], torch.zeros(3, dtype=torch.uint8)), "corrupt training state"),
+    "random state a string": (_set(["rng", 0, "field"], "abc"), "corrupt training state"),
+    "training a list": (None, "training state is a list"),
+}
+
+
+def test_resume_from_a_corrupt_training_state_is_one_line(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(data, out)) == 0
+    good = torch.load(out / "checkpoint.pt", weights_only=True)
+    for case, (change, fragment) in CORRUPT_STATES.items():
+        payload = torch.load(out / "checkpoint.pt", weights_only=True)
+        if change is None:
+            payload["training"] = [1, 2]
+        else:
+            change(payload["training"])
+        torch.save(payload, tmp_path / "bad.pt")
+        assert_refused(run_cli(capsys, train_args(data, tmp_path / "again", "--steps", "2", "--resume",
+                                                  tmp_path / "bad.pt")), fragment)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["training"]["step"] == good["training"]["step"]
+    assert not (tmp_path / "again" / "checkpoint.pt").exists()

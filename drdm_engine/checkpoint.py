@@ -97,6 +97,8 @@ class ModelMeta:
             if not _has_type(value, hints[name]):
                 raise DRDMError(f"metadata {name} is {type(value).__name__} {str(value)[:40]!r}, "
                                 f"expected {getattr(hints[name], '__name__', hints[name])}")
+            if isinstance(value, str) and not value.isprintable():
+                raise DRDMError(f"metadata {name} holds control characters: {value[:40]!r}")
         return cls(**values).validate()
 
 
@@ -170,8 +172,10 @@ def _read(path: str | os.PathLike, what: str = "model file") -> object:
         inside = sorted(p.name for p in path.glob("*.pt*") if p.is_file())[:3]
         hint = f" (it holds {', '.join(inside)})" if inside else ""
         raise DRDMError(f"{what} {path} is a folder, not a file; give the checkpoint file itself{hint}")
-    if not path.is_file():
+    if not path.exists():
         raise DRDMError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise DRDMError(f"{what} {path} is not a regular file (a device, pipe or socket); give a checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
