@@ -182,3 +182,15 @@ def test_resume_from_a_corrupt_training_state_is_one_line(data, tmp_path, capsys
                                                   tmp_path / "bad.pt")), fragment)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["training"]["step"] == good["training"]["step"]
     assert not (tmp_path / "again" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xla", "foo"])
+def test_devices_torch_cannot_train_or_evaluate_on(data, model, tmp_path, capsys, device):
+    assert_refused(run_cli(capsys, evaluate(model, data, "--device", device)), "device")
+    assert_refused(run_cli(capsys, train_args(data, tmp_path / "run", "--device", device)), "device")
+    assert not (tmp_path / "run").exists()
+
+
+def test_negative_process_count(data, tmp_path, capsys):
+    assert_refused(run_cli(capsys, train_args(data, tmp_path / "run", "--distributed", "--nproc=-2")),
+                   "--nproc must be an integer of at least 0")

@@ -182,8 +182,8 @@ def _read(path: str | os.PathLike, what: str = "model file") -> object:
         found = _GLOBAL.search(str(exc))
         if found:
             raise DRDMError(f"refused to load {path}: it holds Python objects other than tensors and plain data "
-                            f"({found.group(1)}), which could run code; drdm loads weights only. Re-save just the "
-                            f"weights (torch.save(model.state_dict(), ...)) where you trust the file") from exc
+                            f"({found.group(1)}), which could run code; drdm loads weights only. If you trust its "
+                            f"source, re-save just its weights: torch.save(model.state_dict(), PATH)") from exc
         raise DRDMError(f"cannot read {what} {path}: not a PyTorch checkpoint of tensors and plain data") from exc
     except Exception as exc:  # torch raises many types for corrupt files
         raise DRDMError(f"cannot read {what} {path}: not a PyTorch checkpoint ({type(exc).__name__})") from exc

@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..errors import DRDMError
-from ..limits import require_seed, require_side
+from ..limits import require_int, require_seed, require_side
 from .config import add_config_arguments, from_arguments
 from .data import find_volumes, load_volumes
 from .distributed import launched_by_torchrun, stop
@@ -90,6 +90,7 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 def run_train(args: argparse.Namespace) -> int:
     """Train (in this process, or relaunched under torchrun for ``--distributed``)."""
     config = from_arguments(args)
+    require_int("--nproc", args.nproc, 0)
     check_run_folder(Path(config.out), RUN_FILES, bool(config.resume), config.overwrite)
     if args.distributed and not launched_by_torchrun():
         nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)

@@ -40,4 +40,3 @@ def open_run_folder(out: Path, names: tuple[str, ...], overwrite: bool) -> None:
     if overwrite:
         for name in names:
             (out / name).unlink(missing_ok=True)
-

@@ -47,6 +47,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise DRDMError(f"unknown device {name!r}; use auto, cpu or cuda[:K]") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise DRDMError(f"device {name!r} is not supported; use auto, cpu or cuda[:K]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DRDMError(f"device {name} asked for but CUDA is not available; use --device cpu")
     return device
