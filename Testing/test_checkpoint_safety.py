@@ -245,3 +245,7 @@ def test_device_files_and_control_characters(tmp_path, capsys):
     payload["meta"]["trained_on"] = "phantoms\ndrdm-progress 1.0 done"
     torch.save(payload, tmp_path / "spoof.pt")
     assert_refused(*run_cli(capsys, "info", "--model", tmp_path / "spoof.pt"), "control characters")
+    torch.save(RecResACNet(2).state_dict(), tmp_path / "published.pth")
+    assert_refused(*run_cli(capsys, "import-checkpoint", tmp_path / "published.pth", tmp_path / "out.pt", "--size",
+                            "16", "--trained-on", "x\ny"), "trained_on holds control characters")
+    assert not (tmp_path / "out.pt").exists()

@@ -76,6 +76,9 @@ class ModelMeta:
             require_number("amplitude", self.amplitude)
         if self.compose_padding not in PADDINGS:
             raise DRDMError(f"compose_padding must be one of {PADDINGS}, got {self.compose_padding!r}")
+        for name in ("trained_on", "engine_version"):
+            if not getattr(self, name).isprintable():
+                raise DRDMError(f"{name} holds control characters: {getattr(self, name)[:40]!r}")
         return self
 
     @classmethod
@@ -97,8 +100,6 @@ class ModelMeta:
             if not _has_type(value, hints[name]):
                 raise DRDMError(f"metadata {name} is {type(value).__name__} {str(value)[:40]!r}, "
                                 f"expected {getattr(hints[name], '__name__', hints[name])}")
-            if isinstance(value, str) and not value.isprintable():
-                raise DRDMError(f"metadata {name} holds control characters: {value[:40]!r}")
         return cls(**values).validate()
 
 

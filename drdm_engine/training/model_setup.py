@@ -17,7 +17,7 @@ def meta_for(config: TrainConfig, ndims: int, trained_on: str) -> ModelMeta:
     """Metadata of the model this run trains (the schedule it was trained with, working side N)."""
     return ModelMeta(ndims=ndims, size=config.size, v_scale=config.v_scale, control_size=config.control_size,
                      noise_ratio=config.noise_ratio, amplitude=config.amplitude,
-                     compose_padding=config.compose_padding, trained_on=trained_on)
+                     compose_padding=config.compose_padding, trained_on=trained_on).validate()
 
 
 def _is_our_checkpoint(path: Path) -> bool:
