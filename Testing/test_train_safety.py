@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,32 @@ def test_devices_torch_cannot_train_or_evaluate_on(data, model, tmp_path, capsys
 def test_negative_process_count(data, tmp_path, capsys):
     assert_refused(run_cli(capsys, train_args(data, tmp_path / "run", "--distributed", "--nproc=-2")),
                    "--nproc must be an integer of at least 0")
+
+
+# --- a run in progress holds its folder ----------------------------------------------------------------
+def test_a_folder_in_use_by_a_running_training_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    running = subprocess.Popen([sys.executable, "-m", "drdm_engine", *train_args(data, out, "--steps", 10 ** 6,
+                                                                                  "--checkpoint-every", 10 ** 6)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "train_log.csv").exists() and running.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / "train_log.csv").exists(), running.stderr.read() if running.poll() is not None else "slow"
+        for extra in (["--overwrite"], ["--resume", out / "checkpoint.pt"]):
+            assert_refused(run_cli(capsys, train_args(data, out, *extra)), "in use by another training run")
+        assert (out / "train_log.csv").exists() and running.poll() is None
+    finally:
+        running.send_signal(signal.SIGINT)
+        out_text, err = running.communicate(timeout=120)
+    assert running.returncode == 130 and "saved" in out_text, err
+    assert main(train_args(data, out, "--overwrite")) == 0
+    assert log_steps(out) == [1] and not (out / ".drdm-train.lock").exists()
+
+
+def test_a_failed_run_leaves_no_folder_behind(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert_refused(run_cli(capsys, train_args(tmp_path / "empty", tmp_path / "new" / "run")), "no NIfTI/NRRD/MHA")
+    assert not (tmp_path / "new" / "run").exists()

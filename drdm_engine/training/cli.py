@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -21,7 +23,7 @@ from .config import add_config_arguments, from_arguments
 from .data import find_volumes, load_volumes
 from .distributed import launched_by_torchrun, stop
 from .evaluation import buckets_for, recovery_error
-from .run_folder import check_run_folder
+from .run_folder import check_run_folder, run_lock
 from .trainer import RUN_FILES, Trainer, resolve_device
 
 INTERRUPTED = 130
@@ -96,8 +98,10 @@ def run_train(args: argparse.Namespace) -> int:
         nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
         argv = _strip_nproc(getattr(args, "argv", sys.argv[2:]))
         return subprocess.call(_torchrun_command(argv, nproc))
+    main_process = not launched_by_torchrun() or os.environ["RANK"] == "0"
     try:
-        Trainer(config).run()
+        with run_lock(Path(config.out)) if main_process else nullcontext():
+            Trainer(config).run()
     except KeyboardInterrupt:
         return INTERRUPTED
     finally:
