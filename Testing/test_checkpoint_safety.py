@@ -241,6 +241,8 @@ def test_import_checkpoint_into_a_folder_or_under_a_file(tmp_path, capsys, publi
 
 def test_device_files_and_control_characters(tmp_path, capsys):
     assert_refused(*run_cli(capsys, "info", "--model", "/dev/zero"), "not a regular file")
+    if Path("/proc/self/mem").is_file():  # Linux: a regular file whose first read fails
+        assert_refused(*run_cli(capsys, "info", "--model", "/proc/self/mem"), "/proc/self/mem: Input/output error")
     payload = our_payload()
     payload["meta"]["trained_on"] = "phantoms\ndrdm-progress 1.0 done"
     torch.save(payload, tmp_path / "spoof.pt")

@@ -186,6 +186,8 @@ def _read(path: str | os.PathLike, what: str = "model file") -> object:
                             f"({found.group(1)}), which could run code; drdm loads weights only. If you trust its "
                             f"source, re-save just its weights: torch.save(model.state_dict(), PATH)") from exc
         raise DRDMError(f"cannot read {what} {path}: not a PyTorch checkpoint of tensors and plain data") from exc
+    except OSError as exc:
+        raise DRDMError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     except Exception as exc:  # torch raises many types for corrupt files
         raise DRDMError(f"cannot read {what} {path}: not a PyTorch checkpoint ({type(exc).__name__})") from exc
 
