@@ -80,6 +80,12 @@ def test_resume_continues_and_overwrite_replaces_only_the_run_files(data, tmp_pa
     assert main(train_args(data, out, "--overwrite")) == 0
     assert log_steps(out) == [1] and (out / "my_notes.txt").read_text() == "keep me"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["training"]["step"] == 1
+    other = tmp_path / "other"
+    assert main(train_args(data, other)) == 0
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    assert_refused(run_cli(capsys, train_args(data, other, "--steps", "2", "--resume", out / "checkpoint.pt")),
+                   "already holds a training run")
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
 
 
 # --- C8: outputs that cannot be written -------------------------------------------------------------

@@ -93,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Train (in this process, or relaunched under torchrun for ``--distributed``)."""
     config = from_arguments(args)
     require_int("--nproc", args.nproc, 0)
-    check_run_folder(Path(config.out), RUN_FILES, bool(config.resume), config.overwrite)
+    check_run_folder(Path(config.out), RUN_FILES, config.resume, config.overwrite)
     if args.distributed and not launched_by_torchrun():
         nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
         argv = _strip_nproc(getattr(args, "argv", sys.argv[2:]))

@@ -23,9 +23,10 @@ except ImportError:  # Windows: no advisory locks; runs are not protected from e
 LOCK_NAME = ".drdm-train.lock"
 
 
-def check_run_folder(out: Path, names: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+def check_run_folder(out: Path, names: tuple[str, ...], resume: str, overwrite: bool) -> None:
     """Refuse (one line) an ``out`` that is a file, lies under a file, has a folder where a run file goes,
-    or holds an earlier run's files while neither ``resume`` nor ``overwrite`` is given. Writes nothing."""
+    or holds an earlier run's files unless ``overwrite`` is given or ``resume`` (a checkpoint path, ``""``
+    for none) is that run's own checkpoint ``out/names[0]``. Writes nothing."""
     existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         raise DRDMError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
@@ -34,7 +35,8 @@ def check_run_folder(out: Path, names: tuple[str, ...], resume: bool, overwrite:
         raise DRDMError(f"--out {out} has a folder named {blocked[0]} where training writes a file; "
                         f"choose another --out")
     earlier = [name for name in names if (out / name).exists()]
-    if earlier and not (resume or overwrite):
+    own = bool(resume) and Path(resume).resolve() == (out / names[0]).resolve()
+    if earlier and not (own or overwrite):
         raise DRDMError(f"--out {out} already holds a training run ({', '.join(earlier)}); continue it with "
                         f"--resume {out / names[0]}, replace it with --overwrite, or choose another --out")
 

@@ -92,7 +92,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: TrainingData | None = None):
         self.config = config
-        check_run_folder(Path(config.out), RUN_FILES, bool(config.resume), config.overwrite)
+        check_run_folder(Path(config.out), RUN_FILES, config.resume, config.overwrite)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
