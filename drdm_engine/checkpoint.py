@@ -193,13 +193,16 @@ def _read(path: str | os.PathLike, what: str = "model file") -> object:
 
 
 def _check_state(state: object, path) -> dict:
-    """A state dict: a mapping of names to finite tensors."""
+    """A state dict: a mapping of names to dense floating-point CPU tensors with finite values."""
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise DRDMError(f"{path} does not hold a state dict (names mapped to tensors)")
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
-    if bad is not None:
-        raise DRDMError(f"{path}: weight {bad} holds NaN or infinite values; the model is broken")
+    for name, value in state.items():
+        if value.layout != torch.strided or value.device.type != "cpu" or not value.is_floating_point():
+            raise DRDMError(f"{path}: weight {name[:60]} is a {value.layout} {value.dtype} tensor on "
+                            f"{value.device.type}; weights must be dense floating-point tensors")
+        if not bool(torch.isfinite(value).all()):
+            raise DRDMError(f"{path}: weight {name[:60]} holds NaN or infinite values; the model is broken")
     return state
 
 
@@ -207,8 +210,8 @@ def _load_weights(net: RecResACNet, state: dict, path) -> None:
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0:2]
-        raise DRDMError(f"model file {path} does not fit a {net.ndims}D RecResACNet: {' '.join(first)}") from exc
+        first = " ".join(" ".join(str(exc).splitlines()[0:2]).split())
+        raise DRDMError(f"model file {path} does not fit a {net.ndims}D RecResACNet: {first}") from exc
 
 
 def _build(meta: ModelMeta, state: dict, path) -> RecResACNet:
@@ -266,7 +269,8 @@ def infer_published_meta(state: dict, path: object = "state dict") -> dict:
     except (KeyError, TypeError) as exc:
         raise DRDMError(f"{path}: not a RecResACNet state dict (no b1.0.conv0.weight / time_embed.weight)") from exc
     if conv0.dim() not in (4, 5) or table.dim() != 2:
-        raise DRDMError(f"{path}: not a RecResACNet state dict (b1.0.conv0.weight has {conv0.dim()} dimensions)")
+        raise DRDMError(f"{path}: not a RecResACNet state dict (b1.0.conv0.weight has {conv0.dim()} dimensions, "
+                        f"time_embed.weight {table.dim()}; expected 4 or 5, and 2)")
     return {"ndims": conv0.dim() - 2, "timesteps": int(table.shape[0]), "in_channels": int(conv0.shape[1])}
 
 
