@@ -6,6 +6,7 @@ Every command that loads a checkpoint is run on a file whose unpickling would cr
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -103,12 +104,18 @@ def test_no_command_runs_code_from_a_checkpoint(files, capsys, command):
 
 
 def test_refusal_through_the_installed_entry_point(files):
+    """A real process: exit code 2 and a stderr of exactly one line (no torch warnings), for our format
+    and for a plain pickle file."""
     root, marker = files
-    done = subprocess.run([sys.executable, "-m", "drdm_engine", "info", "--model", str(root / "evil.pt")],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    errors = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2 and len(errors) == 1 and errors[0].startswith("drdm: error: refused to load")
-    assert "io.open" in errors[0] and not marker.exists()
+    with (root / "plain.pkl").open("wb") as handle:
+        pickle.dump(CodeRunning(marker), handle)
+    for name, fragment in (("evil.pt", "refused to load"), ("plain.pkl", "cannot read model file")):
+        done = subprocess.run([sys.executable, "-m", "drdm_engine", "info", "--model", str(root / name)],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        errors = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(errors) == 1 and fragment in errors[0], errors
+        assert errors[0].startswith("drdm: error:") and ("io.open" in errors[0]) == (name == "evil.pt")
+    assert not marker.exists()
 
 
 def test_checkpoints_written_by_this_project_still_load(tmp_path):
@@ -263,3 +270,19 @@ def test_device_files_and_control_characters(tmp_path, capsys):
     assert_refused(*run_cli(capsys, "import-checkpoint", tmp_path / "published.pth", tmp_path / "out.pt", "--size",
                             "16", "--trained-on", "x\ny"), "trained_on holds control characters")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_code_in_other_pickle_formats_is_not_run(tmp_path, capsys):
+    """torch's legacy (non-zip) format and a plain ``pickle`` file: refused, the payload never runs."""
+    marker = tmp_path / "marker"
+    torch.save({"format": FORMAT, "meta": CodeRunning(marker)}, tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)
+    with (tmp_path / "plain.pkl").open("wb") as handle:
+        pickle.dump(CodeRunning(marker), handle)
+    assert_refused(*run_cli(capsys, "info", "--model", tmp_path / "legacy.pt"), "refused to load")
+    assert_refused(*run_cli(capsys, "info", "--model", tmp_path / "plain.pkl"), "cannot read model file")
+    good = tmp_path / "good.pt"
+    torch.save(our_payload(), good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert_refused(*run_cli(capsys, "info", "--model", tmp_path / "truncated.pt"), "not a PyTorch checkpoint")
+    assert not marker.exists()

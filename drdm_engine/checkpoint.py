@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field, fields, asdict, MISSING
 from pathlib import Path
 from typing import get_type_hints
@@ -178,7 +179,9 @@ def _read(path: str | os.PathLike, what: str = "model file") -> object:
     if not path.is_file():
         raise DRDMError(f"{what} {path} is not a regular file (a device, pipe or socket); give a checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of non-torch files: the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _GLOBAL.search(str(exc))
         if found:
