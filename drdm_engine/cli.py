@@ -92,7 +92,7 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
     from .checkpoint import describe, import_published, save_checkpoint
 
     target = Path(args.output)
-    if target.exists() and not args.overwrite:
+    if target.exists() and not target.is_dir() and not args.overwrite:
         raise DRDMError(f"{target} exists; choose another OUTPUT or add --overwrite")
     overrides = {k: v for k, v in {"v_scale": args.v_scale, "amplitude": args.amplitude,
                                    "compose_padding": args.compose_padding}.items() if v is not None}
@@ -108,10 +108,10 @@ def _info(args: argparse.Namespace) -> int:
 
     print(f"drdm_engine {__version__}")
     path = args.model or DEFAULT_MODEL
-    if Path(path).is_file():
-        print(f"model {path}: {describe(load_checkpoint(path).meta)}")
-    else:
+    if args.model is None and not DEFAULT_MODEL.is_file():
         print(f"model {path}: absent (augment runs in diffusion-only mode)")
+    else:
+        print(f"model {path}: {describe(load_checkpoint(path).meta)}")
     return 0
 
 

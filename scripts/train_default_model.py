@@ -109,7 +109,7 @@ def measure(work: Path, samples: int, threads: int) -> dict:
         report = recovery_error(model.net, held.volumes, model.meta.schedule, buckets_for(model.meta.timesteps, 4),
                                 samples=2, seed=0)
         stats = sample_statistics(model, held.volumes, samples, seed=0)
-    training = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=False)["training"]
+    _, training = checkpoint.load_checkpoint(work / "checkpoint.pt", ndims=3, with_training=True)
     wall = json.loads((work / "wall_time.json").read_text())["seconds"]
     result = {"steps": training["step"], "wall_seconds": wall, "recovery_error": report, "samples": stats,
               "samples_per_depth": samples, "validation": [p.name for p in paths], "meta": model.meta.notes,

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import load_checkpoint
 from ..errors import DRDMError
+from ..limits import require_int, require_seed, require_side
 from .config import add_config_arguments, from_arguments
 from .data import find_volumes, load_volumes
 from .distributed import launched_by_torchrun, stop
 from .evaluation import buckets_for, recovery_error
-from .trainer import Trainer, resolve_device
+from .run_folder import check_run_folder, run_lock
+from .trainer import RUN_FILES, Trainer, resolve_device
 
 INTERRUPTED = 130
 
@@ -88,12 +92,16 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 def run_train(args: argparse.Namespace) -> int:
     """Train (in this process, or relaunched under torchrun for ``--distributed``)."""
     config = from_arguments(args)
+    require_int("--nproc", args.nproc, 0)
+    check_run_folder(Path(config.out), RUN_FILES, config.resume, config.overwrite)
     if args.distributed and not launched_by_torchrun():
         nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
         argv = _strip_nproc(getattr(args, "argv", sys.argv[2:]))
         return subprocess.call(_torchrun_command(argv, nproc))
+    main_process = not launched_by_torchrun() or os.environ["RANK"] == "0"
     try:
-        Trainer(config).run()
+        with run_lock(Path(config.out)) if main_process else nullcontext():
+            Trainer(config).run()
     except KeyboardInterrupt:
         return INTERRUPTED
     finally:
@@ -105,6 +113,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Print the recovery error per t bucket of ``--model`` on the given volumes."""
     if args.samples < 1 or args.buckets < 1:
         raise DRDMError("--samples and --buckets must be at least 1")
+    if args.size:
+        require_side("--size", args.size)
+    require_seed("--seed", args.seed)
     paths = find_volumes(args.data)
     device = resolve_device(args.device)
     probe = load_checkpoint(args.model)

@@ -13,6 +13,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from ..errors import DRDMError
+from ..limits import MAX_SIDE, require_int, require_number, require_seed, require_side
 
 INTEGRATORS = ("fast", "sequential")
 
@@ -69,13 +70,22 @@ class TrainConfig:
     """Start from this checkpoint (ours, or a published state dict)."""
     resume: str = ""
     """Continue the run saved in this checkpoint.pt (step counter, optimiser, random state)."""
+    overwrite: bool = False
+    """Replace the files of an earlier run in ``out`` (only the files training writes; nothing else)."""
     progress: bool = True
     """Show a progress bar."""
 
     def validate(self) -> None:
         """Refuse impossible settings with one line."""
-        if self.size < 8 or self.size % 8:
-            raise DRDMError(f"size must be a positive multiple of 8, got {self.size}")
+        require_side("size", self.size)
+        require_seed("seed", self.seed)
+        require_int("control_size", self.control_size, 8, MAX_SIDE)
+        for name in ("lr", "v_scale"):
+            require_number(name, getattr(self, name))
+        for name in ("reg_weight", "fold_weight", "noise_ratio"):
+            require_number(name, getattr(self, name), positive=False)
+        if self.amplitude is not None:
+            require_number("amplitude", self.amplitude)
         for name in ("steps", "batch_size", "checkpoint_every", "validation_samples", "buckets"):
             if getattr(self, name) < 1:
                 raise DRDMError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -86,10 +96,10 @@ class TrainConfig:
             raise DRDMError(f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}")
         if self.compose_padding not in ("border", "zeros"):
             raise DRDMError(f"compose_padding must be 'border' or 'zeros', got {self.compose_padding!r}")
-        if self.lr <= 0:
-            raise DRDMError(f"lr must be positive, got {self.lr}")
         if self.resume and self.fine_tune:
             raise DRDMError("give either resume or fine_tune, not both")
+        if self.resume and self.overwrite:
+            raise DRDMError("give either resume (continue the run in out) or overwrite (replace it), not both")
         if not self.data:
             raise DRDMError("no training data: give data (folders, files or list files)")
 

@@ -1,8 +1,9 @@
 """Recovery error: how well a model undoes one diffusion step's clean field, per band of ``t``.
 
 For held-out volume ``v``, step ``t`` and draw ``k``, the fields come from a generator seeded with
-``(seed, v, t, k)``, so two models are scored on the same deformations. The error is the MRSE of
-``q = warp(p, F_clean)`` against ``F_clean`` (0: perfect recovery; 1: predicting no motion).
+``(seed, v, t, k)`` (wrapped into 64 bits), so two models are scored on the same deformations. The
+error is the MRSE of ``q = warp(p, F_clean)`` against ``F_clean`` (0: perfect recovery; 1: predicting
+no motion).
 ``t = 0`` is left out: its target is the zero field, where MRSE is undefined.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..diffusion import DiffusionSchedule, diffuse, forward_fields
+from ..limits import sub_seed
 from ..network import RecResACNet
 from .losses import compose_with_target, mrse_per_sample
 
@@ -44,7 +46,7 @@ def bucket_steps(bucket: Bucket, samples: int) -> list[int]:
 
 def _generator(seed: int, volume: int, t: int, draw: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
-    generator.manual_seed(((seed * SEED_STRIDE + volume) * SEED_STRIDE + t) * 97 + draw)
+    generator.manual_seed(sub_seed(((seed * SEED_STRIDE + volume) * SEED_STRIDE + t) * 97 + draw))
     return generator
 
 

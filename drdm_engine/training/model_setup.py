@@ -8,6 +8,7 @@ import torch
 from .. import checkpoint
 from ..checkpoint import ModelMeta
 from ..errors import DRDMError
+from ..limits import require_int
 from ..network import RecResACNet
 from .config import TrainConfig
 
@@ -16,7 +17,7 @@ def meta_for(config: TrainConfig, ndims: int, trained_on: str) -> ModelMeta:
     """Metadata of the model this run trains (the schedule it was trained with, working side N)."""
     return ModelMeta(ndims=ndims, size=config.size, v_scale=config.v_scale, control_size=config.control_size,
                      noise_ratio=config.noise_ratio, amplitude=config.amplitude,
-                     compose_padding=config.compose_padding, trained_on=trained_on)
+                     compose_padding=config.compose_padding, trained_on=trained_on).validate()
 
 
 def _is_our_checkpoint(path: Path) -> bool:
@@ -34,6 +35,7 @@ def starting_network(config: TrainConfig, ndims: int) -> tuple[RecResACNet, dict
         loaded, training = checkpoint.load_checkpoint(config.resume, ndims=ndims, with_training=True)
         if training is None:
             raise DRDMError(f"{config.resume} holds no training state; use --fine-tune to start from its weights")
+        require_int(f"{config.resume}: training step", training.get("step"), 0)
         return loaded.net.train(), training
     if config.fine_tune:
         source = Path(config.fine_tune)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .. import checkpoint, fields
 from ..diffusion import DiffusionSchedule, diffuse, forward_fields
 from ..errors import DRDMError
+from ..limits import sub_seed
 from ..network import RecResACNet
 from ..precision import mixed_precision_dtype
 from . import distributed
@@ -28,12 +29,14 @@ from .data import VolumeSet, load_volumes, split_sources
 from .evaluation import buckets_for, recovery_error
 from .losses import LossTerms, recovery_loss
 from .model_setup import meta_for, starting_network
+from .run_folder import check_run_folder, open_run_folder
 
 RANK_SEED_STRIDE = 7_919
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
 LOG_NAME = "train_log.csv"
 VALIDATION_NAME = "validation.csv"
+RUN_FILES = (CHECKPOINT_NAME, MODEL_NAME, LOG_NAME, VALIDATION_NAME)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,6 +47,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise DRDMError(f"unknown device {name!r}; use auto, cpu or cuda[:K]") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise DRDMError(f"device {name!r} is not supported; use auto, cpu or cuda[:K]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DRDMError(f"device {name} asked for but CUDA is not available; use --device cpu")
     return device
@@ -87,6 +92,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: TrainingData | None = None):
         self.config = config
+        check_run_folder(Path(config.out), RUN_FILES, config.resume, config.overwrite)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
@@ -102,15 +108,15 @@ class Trainer:
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        seed = config.seed + RANK_SEED_STRIDE * self.group.rank
+        seed = sub_seed(config.seed + RANK_SEED_STRIDE * self.group.rank)
         self.sample_generator = torch.Generator().manual_seed(seed)
-        self.field_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.field_generator = torch.Generator(device=self.device).manual_seed(sub_seed(seed + 1))
         self.step = 0
         if training is not None:
             self._restore(training)
         self.out = Path(config.out)
         if self.group.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            open_run_folder(self.out, RUN_FILES, config.overwrite)
         self.train_log = _CsvLog(self.out / LOG_NAME, ["step", "t_mean", "total", "mrse", "cosine", "gradient",
                                                         "folding", "samples_per_s"])
         self.validation_log = _CsvLog(self.out / VALIDATION_NAME, ["step", "bucket", "recovery_error"])
@@ -141,6 +147,13 @@ class Trainer:
                 "torch": torch.get_rng_state()}
 
     def _restore(self, training: dict) -> None:
+        try:
+            self._restore_state(training)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise DRDMError(f"{self.config.resume}: corrupt training state ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:100] if str(exc) else 'no detail'})") from exc
+
+    def _restore_state(self, training: dict) -> None:
         self.step = int(training["step"])
         self.optimizer.load_state_dict(training["optimizer"])
         if training.get("scaler"):
