@@ -240,7 +240,9 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     if flat and label_tensor is not None:
         label_tensor = label_tensor[0]
 
-    source = sitk.GetArrayViewFromImage(plane)
+    source = sitk.GetArrayViewFromImage(image)  # a view of the caller's image, which outlives the cases
+    if flat:
+        source = source[0]
 
     def warped(k: int) -> AugmentedCase:
         with torch.inference_mode():

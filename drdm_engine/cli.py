@@ -56,7 +56,7 @@ def _augment(args: argparse.Namespace) -> int:
 
 def _run_augment(args: argparse.Namespace) -> int:
     from .augment import DIFFUSION_ONLY_SIZE, check_settings, generate, resolve_device, resolve_model
-    from .export import MANIFEST, run_outputs, write_run
+    from .export import MANIFEST, output_matcher, write_run
     from .io import check_image_info, inspect_image, is_single_slice, read_image, read_labels
     from .precision import recovery_dtype
     from .resources import check, estimate
@@ -76,7 +76,7 @@ def _run_augment(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, nd, device)
     size = model.meta.size if model else (args.size or DIFFUSION_ONLY_SIZE[nd])
     out = Path(args.out)
-    folder = RunFolder(out, args.overwrite, run_outputs(args.image, args.samples, args.labels))
+    folder = RunFolder(out, args.overwrite, output_matcher(args.image, args.samples, args.labels))
     staging = folder.open()
     progress = None
     started = time.perf_counter()

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,12 +54,20 @@ def sample_names(image_path: str, index: int, has_labels: bool, seg_nrrd: bool) 
     return {"image": f"{base}{suffix}", "labels": labels, "field": f"{base}_field.nrrd", "preview": f"{base}_preview.png"}
 
 
-def run_outputs(image_path: str, samples: int, labels_path: str | None) -> list[str]:
-    """Every file name a run writes (relative to its folder), the manifest last."""
+def output_matcher(image_path: str, samples: int, labels_path: str | None) -> Callable[[str], bool]:
+    """Predicate: is a file name one this run writes (any sample's file, or the manifest)?"""
     seg_nrrd = labels_path is not None and suffix_of(labels_path) == ".seg.nrrd"
-    names = [n for k in range(samples) for n in sample_names(image_path, k, labels_path is not None, seg_nrrd).values()
-             if n]
-    return names + [MANIFEST]
+    first = sample_names(image_path, 0, labels_path is not None, seg_nrrd)
+    base = f"{stem_of(image_path)}_drdm_"
+    tails = {name[len(base) + 3:] for name in first.values() if name}
+
+    def is_output(name: str) -> bool:
+        if name == MANIFEST:
+            return True
+        index, tail = name[len(base):len(base) + 3], name[len(base) + 3:]
+        return name.startswith(base) and index.isdigit() and int(index) < samples and tail in tails
+
+    return is_output
 
 
 def write_run(out: Path, image_path: str, labels_path: str | None, labels: Labels | None,

@@ -101,6 +101,8 @@ def inspect_image(path: str | os.PathLike, what: str = "image") -> ImageInfo:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
+        if not files:
+            check_complete(path, what)  # a damaged compressed file: say so
         raise DRDMError(f"cannot read {what} {path}: not a readable NIfTI/NRRD/MHA image") from exc
     size = tuple(int(s) for s in reader.GetSize())
     if files:
@@ -115,17 +117,17 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             dims = struct.unpack(endian + "8h", header[40:56])
             bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            offset = max(352, int(struct.unpack(endian + "f", header[108:112])[0]))
             break
         if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
             bitpix = struct.unpack(endian + "h", header[14:16])[0]
             dims = struct.unpack(endian + "8q", header[16:80])
-            offset = struct.unpack(endian + "q", header[168:176])[0]
+            offset = max(544, struct.unpack(endian + "q", header[168:176])[0])
             break
     else:
         return None
     count = int(np.prod([max(1, d) for d in dims[1:1 + max(0, min(7, dims[0]))]]))
-    return max(offset, len(header)) + count * max(1, bitpix) // 8
+    return offset + count * max(1, bitpix) // 8
 
 
 def check_complete(path: str | os.PathLike, what: str) -> None:
@@ -176,7 +178,8 @@ def check_image_info(info: ImageInfo, path: str | os.PathLike, what: str = "imag
     if nd not in (2, 3):
         raise DRDMError(f"{what} {path} is {nd}D; DRDM needs a 2D or 3D image "
                         f"(extract one volume of a time series first)")
-    if info.components != 1:
+    complex_pixel = "complex" in sitk.GetPixelIDValueAsString(info.pixel_id)
+    if info.components != 1 and not complex_pixel:
         raise DRDMError(f"{what} {path} has {info.components} components per voxel; give a scalar (grey-level) image")
     if info.pixel_id not in SCALAR_PIXELS:
         kind = sitk.GetPixelIDValueAsString(info.pixel_id)
@@ -288,9 +291,12 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image) -> Labels:
     ``reference``'s grid. Any integer label value is kept exactly (up to 2**63 - 1)."""
     path = Path(path)
     info = inspect_image(path, "labels")
+    if info.pixel_id not in SCALAR_PIXELS and "complex" in sitk.GetPixelIDValueAsString(info.pixel_id):
+        raise DRDMError(f"labels {path} have pixel type '{sitk.GetPixelIDValueAsString(info.pixel_id)}'; "
+                        f"give an integer label map or .seg.nrrd")
     if info.components != 1 and suffix_of(path) != ".seg.nrrd":
         raise DRDMError(f"labels {path} have {info.components} components per voxel; give a single label map")
-    if info.pixel_id not in SCALAR_PIXELS:
+    if info.pixel_id not in SCALAR_PIXELS and suffix_of(path) != ".seg.nrrd":
         raise DRDMError(f"labels {path} have pixel type '{sitk.GetPixelIDValueAsString(info.pixel_id)}'; "
                         f"give an integer label map or .seg.nrrd")
     segmentation = None

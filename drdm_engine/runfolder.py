@@ -13,7 +13,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterator
 
 from .errors import DRDMError
 
@@ -83,17 +83,17 @@ def _unwritable(out: Path, exc: OSError) -> DRDMError:
 
 
 class RunFolder:
-    """The output folder ``out`` of one run that writes the files ``outputs`` (names relative to ``out``).
+    """The output folder ``out`` of one run; ``is_output(name)`` tells the names of the files it writes.
 
     :meth:`open` checks and locks ``out`` and returns the staging folder to write into;
     :meth:`commit` moves everything into ``out`` (``last`` after all others); :meth:`abort` removes
     what this run wrote. ``overwrite``: ``out`` may already hold files (same-named ones are replaced,
     others never touched)."""
 
-    def __init__(self, out: Path, overwrite: bool, outputs: Iterable[str]):
+    def __init__(self, out: Path, overwrite: bool, is_output: Callable[[str], bool]):
         self.out = Path(out)
         self.overwrite = overwrite
-        self.outputs = list(outputs)
+        self.is_output = is_output
         self.created: list[Path] = []
         self.staging: Path | None = None
         self._lock = None
@@ -109,11 +109,10 @@ class RunFolder:
         if not self.overwrite and any(not p.name.startswith(INTERNAL_PREFIX) for p in out.iterdir()):
             raise DRDMError(f"output folder {out} already exists and is not empty; choose another --out or add "
                             f"--overwrite")
-        for name in self.outputs:
-            target = out / name
-            if target.is_symlink() or (target.exists() and not target.is_file()):
-                raise DRDMError(f"output folder {out} holds '{name}', which is not a regular file, where this run "
-                                f"writes one; move it away or choose another --out")
+        for target in out.iterdir():
+            if (target.is_symlink() or not target.is_file()) and self.is_output(target.name):
+                raise DRDMError(f"output folder {out} holds '{target.name}', which is not a regular file, where this "
+                                f"run writes one; move it away or choose another --out")
 
     def open(self) -> Path:
         """Create ``out`` (and missing parents), lock it, and create this run's staging folder."""
