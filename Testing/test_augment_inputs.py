@@ -182,17 +182,19 @@ def test_same_seed_same_bytes_without_names_or_times(tmp_path, capsys):
     segmentation.pop("referenceImageExtentOffset", None)
     slicerio.write_segmentation(str(seg), segmentation)
     runs = []
-    for out in ("a", "bb"):
+    for out, level in (("a", "1"), ("bb", "1"), ("raw", "0")):
         code, errors = augment(capsys, tmp_path / "ct.nrrd", "--labels", seg, "--out", tmp_path / out, "--samples", "1",
-                               "--seed", "7", *FAST)
+                               "--seed", "7", "--field-compression", level, *FAST)
         assert code == 0, errors
         runs.append({p.name: p.read_bytes() for p in (tmp_path / out).iterdir() if p.name != "manifest.json"})
     assert runs[0] == runs[1]
-    field = next(data for name, data in runs[0].items() if name.endswith("_field.nrrd"))
-    labels = next(data for name, data in runs[0].items() if name.endswith(".seg.nrrd"))
-    for header in gzip_members(field)[:1]:
-        assert header[3] & 0x08 == 0 and header[4:8] == b"\0\0\0\0"  # no file name, no time
+    name = next(name for name in runs[0] if name.endswith("_field.nrrd"))
+    field, labels = runs[0][name], next(data for n, data in runs[0].items() if n.endswith(".seg.nrrd"))
+    headers = gzip_members(field)
+    assert headers and headers[0][3] & 0x08 == 0 and headers[0][4:8] == b"\0\0\0\0"  # no file name, no time
     assert b"\n# on " not in labels.split(b"\n\n")[0]
+    assert b"encoding: raw" in runs[2][name] and len(runs[2][name]) > len(field)
+    assert np.array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / out / name))) for out in ("a", "raw")))
 
 
 def test_a_large_2d_image_gets_a_bounded_preview(tmp_path, capsys, monkeypatch):

@@ -77,10 +77,10 @@ def _run_augment(args: argparse.Namespace) -> int:
     size = model.meta.size if model else (args.size or DIFFUSION_ONLY_SIZE[nd])
     out = Path(args.out)
     folder = RunFolder(out, args.overwrite, output_matcher(args.image, args.samples, args.labels))
-    staging = folder.open()
     progress = None
     started = time.perf_counter()
     try:
+        staging = folder.open()
         if not args.force_large:
             check(estimate(info, label_info, args.samples, size, args.field_compression, model is not None), out,
                   args.samples)
