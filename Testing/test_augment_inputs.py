@@ -246,22 +246,22 @@ def test_a_1x1x1_image_is_reported_with_its_size(tmp_path, capsys):
             "--out", tmp_path / "o", *FAST)
 
 
-def write_dicom_series(image: sitk.Image, folder: Path) -> None:
+def write_dicom_series(image: sitk.Image, folder: Path, series: int = 2) -> None:
     """One DICOM file per slice with the tags that carry geometry."""
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     direction = image.GetDirection()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k in range(image.GetDepth()):
         slice_ = image[:, :, k]
         for tag, value in {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-                           "0020|000e": "1.2.826.0.1.3680043.2.1125.1.2", "0020|0013": str(k + 1),
+                           "0020|000e": f"1.2.826.0.1.3680043.2.1125.1.{series}", "0020|0013": str(k + 1),
                            "0020|0037": "\\".join(f"{v:.6f}" for v in direction[0::3][:3] + direction[1::3][:3]),
                            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-                           "0018|0050": str(image.GetSpacing()[2]), "0008|0018": f"1.2.826.0.1.3680043.2.1125.1.3.{k}"
+                           "0018|0050": str(image.GetSpacing()[2]), "0008|0018": f"1.2.826.0.1.3680043.2.1125.{series}.3.{k}"
                            }.items():
             slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"series{series}_slice{k:03d}.dcm"))
         writer.Execute(slice_)
 
 
@@ -272,6 +272,8 @@ def test_folders_are_read_as_dicom_series_or_refused_plainly(tmp_path, capsys, p
     assert code == 0, errors
     written = sitk.ReadImage(str(tmp_path / "o" / manifest(tmp_path / "o")["samples"][0]["image"]))
     assert Geometry.of(written).matches(Geometry.of(image), tol=1e-4)
+    write_dicom_series(image, tmp_path / "series", series=3)
+    refused(capsys, "holds 2 DICOM series", tmp_path / "series", "--out", tmp_path / "o2", *FAST)
     empty = tmp_path / "empty"
     empty.mkdir()
     refused(capsys, "is a folder", empty, "--out", tmp_path / "o2", *FAST)

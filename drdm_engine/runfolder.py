@@ -176,12 +176,14 @@ class RunFolder:
             self._release()
 
     def abort(self) -> None:
-        """Remove this run's staging folder and lock, then the folders it created if they are empty."""
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging = None
-        self._release()
-        for folder in reversed(self.created):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        self.created = []
+        """Remove this run's staging folder and lock, then the folders it created if they are empty (a
+        second signal meanwhile waits until this is done)."""
+        with _signals_held():
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
+            self._release()
+            for folder in reversed(self.created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            self.created = []
