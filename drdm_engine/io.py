@@ -139,6 +139,9 @@ def check_complete(path: str | os.PathLike, what: str) -> None:
     if not name.endswith((".nii", ".nii.gz", ".gz")):
         return
     compressed = name.endswith(".gz")
+    with open(path, "rb") as handle:
+        if compressed and handle.read(2) != b"\x1f\x8b":
+            return  # not gzip at all: the reader's own message says it cannot read it
     try:
         with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
             header = stream.read(540)
