@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from drdm_engine.augment import SLAB_VOXELS, _label_array, generate
