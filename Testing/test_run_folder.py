@@ -28,9 +28,21 @@ def environment() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen(command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environment())
+@pytest.fixture()
+def start():
+    """Start `drdm augment` processes; any still running (or stopped) at the end is killed."""
+    started = []
+
+    def run(*args) -> subprocess.Popen:
+        started.append(subprocess.Popen(command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=environment()))
+        return started[-1]
+
+    yield run
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def pause_at(process: subprocess.Popen, text: str) -> None:
@@ -63,7 +75,7 @@ def case(tmp_path):
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
-def test_a_terminated_run_removes_what_it_wrote_and_the_next_run_works(tmp_path, case, stop, capsys):
+def test_a_terminated_run_removes_what_it_wrote_and_the_next_run_works(tmp_path, case, stop, start):
     out = tmp_path / "a" / "b" / "c"
     run = start(case[0], "--labels", case[1], "--out", out, *RUN)
     pause_at(run, "sample 2/6 done")
@@ -77,7 +89,7 @@ def test_a_terminated_run_removes_what_it_wrote_and_the_next_run_works(tmp_path,
                                                             "case_drdm_000_preview.png", "manifest.json"])
 
 
-def test_a_folder_in_use_is_refused_and_a_stopped_overwrite_leaves_the_previous_run(tmp_path, case, capsys):
+def test_a_folder_in_use_is_refused_and_a_stopped_overwrite_leaves_the_previous_run(tmp_path, case, capsys, start):
     out = tmp_path / "o"
     first = start(case[0], "--out", out, *RUN)
     pause_at(first, "sample 1/6 done")
