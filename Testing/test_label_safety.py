@@ -43,7 +43,7 @@ def test_one_sample_over_all_indicators_matches_one_label_at_a_time():
         warper = LabelWarper(labels, budget=budget)
         warper.add_slab(0, 5, pos[:, :, :5])
         warper.add_slab(5, 12, pos[:, :, 5:])
-        result = warper.result()
+        result = warper.result(lambda: [(0, pos[:, :, :5]), (5, pos[:, :, 5:])])
         changed = {tuple(reversed(r["voxel_ijk"])) for r in warper.restored}
         keep = torch.ones_like(result, dtype=torch.bool)
         for voxel in changed:

@@ -4,7 +4,9 @@
   ``grid_sample`` per label value (the previous path), same positions, outputs compared;
 * the displacement field's gzip level (``--field-compression``): time to write and file size per level.
 
-Usage: ``PYTHONPATH=.:bench python bench/bench_augment_io.py [--repeats 5]`` (prints one JSON object).
+Usage: ``PYTHONPATH=.:bench python bench/bench_augment_io.py [--repeats 5] [--synthetic-labels N]``
+(prints one JSON object). ``--synthetic-labels N`` replaces the case's 8 segments by N random
+Voronoi regions on the same grid (a many-structure segmentation).
 """
 from __future__ import annotations
 
@@ -54,6 +56,15 @@ def one_sample_warp(labels: torch.Tensor, slabs) -> torch.Tensor:
     return warper.out  # before restoration, to compare with the previous path voxel for voxel
 
 
+def voronoi(shape: tuple[int, ...], count: int) -> torch.Tensor:
+    """``count`` random Voronoi regions (values 1…count) filling ``shape``."""
+    generator = torch.Generator().manual_seed(0)
+    seeds = torch.rand((count, len(shape)), generator=generator) * torch.tensor(shape)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"), -1)
+    nearest = torch.cdist(grid.reshape(-1, len(shape)), seeds).argmin(1)
+    return (nearest + 1).reshape(shape).to(torch.int32)
+
+
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -65,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--levels", default="0,1,3,6")
+    parser.add_argument("--synthetic-labels", type=int, default=0)
     args = parser.parse_args()
     image_path, labels_path = default_case()
     image = read_image(image_path, pixel_type=None, keep_3d=True)
@@ -76,6 +88,8 @@ def main() -> None:
     with torch.inference_mode():
         slabs = [(start, stop, pos) for start, stop, _, pos in slab_positions(shape, field.voxels, rows)]
         label_tensor = _label_array(labels.image)
+        if args.synthetic_labels:
+            label_tensor = voronoi(label_tensor.shape, args.synthetic_labels)
         times = {"one grid_sample": [], "one per label": []}
         for _ in range(args.repeats):  # interleaved
             t = time.perf_counter()

@@ -28,7 +28,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PIXEL_BYTES = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
                sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8}
 SCALAR_PIXELS = tuple(PIXEL_BYTES)
-FIELD_COMPRESSION_DEFAULT = 0  # measured: gzip level 1 saves 7 % of a field and costs 4.8x the write time
+FIELD_COMPRESSION_DEFAULT = 0  # measured: gzip level 1 saves 7 % of a field for about 5x the write time
 
 
 def suffix_of(path: str | os.PathLike) -> str:

@@ -20,7 +20,7 @@ from .geometry import sample_rows, source_rows
 
 CHUNK = 1 << 24
 INDICATOR_BUDGET = 1 << 24  # indicator/score elements held at once (channel chunks): 64 MiB of float32
-CANDIDATES = 32  # best voxels kept per label for restoring a lost one
+CANDIDATES = 32  # best voxels considered per lost label
 
 Positions = Callable[[], Iterable[tuple[int, torch.Tensor]]]
 
@@ -55,28 +55,32 @@ class LabelWarper:
         self.out = torch.zeros_like(labels)
         self.budget = budget
         self.row_voxels = int(np.prod(labels.shape[1:]))
-        count = len(self.values)
-        self.top_scores = torch.full((count, CANDIDATES), -1.0)
-        self.top_indices = torch.zeros((count, CANDIDATES), dtype=torch.int64)
         self.restored: list[dict] = []
 
     def _channels(self, labels: torch.Tensor) -> torch.Tensor:
         """Index of each voxel's value in :attr:`values` (int64, same shape)."""
         return torch.searchsorted(self.values, labels.to(torch.int64).reshape(-1)).view(labels.shape)
 
-    def add_slab(self, start: int, stop: int, pos: torch.Tensor) -> None:
-        """Fill output rows ``start:stop`` from input-voxel positions ``pos`` ``(1, nd, stop-start, ...)``."""
+    def _scores(self, start: int, pos: torch.Tensor, wanted: torch.Tensor | None = None):
+        """Warped indicators of output rows from ``start`` at positions ``pos``, by channel chunks:
+        yields ``(channels, scores (len(channels), *pos.shape[2:]))`` for the labels present in the
+        source rows (only those in ``wanted``, when given)."""
         lo, hi = source_rows(pos, self.labels.shape[0])
         channel = self._channels(self.labels[lo:hi])
         present = torch.nonzero(torch.bincount(channel.reshape(-1), minlength=len(self.values))).flatten()
+        if wanted is not None:
+            present = present[torch.isin(present, wanted)]
+        if present.numel() == 0:
+            return
         per_chunk = max(1, self.budget // max(channel.numel(), pos[0, 0].numel()))
-        offset = start * self.row_voxels
-        best_score = best = None
         for chunk in present.split(per_chunk):
-            shape = (-1,) + (1,) * channel.dim()
-            indicators = (channel[None] == chunk.view(shape)).float()[None]
-            score = sample_rows(indicators, pos, "bilinear", lo)[0]
-            del indicators
+            indicators = (channel[None] == chunk.view((-1,) + (1,) * channel.dim())).float()[None]
+            yield chunk, sample_rows(indicators, pos, "bilinear", lo)[0]
+
+    def add_slab(self, start: int, stop: int, pos: torch.Tensor) -> None:
+        """Fill output rows ``start:stop`` from input-voxel positions ``pos`` ``(1, nd, stop-start, ...)``."""
+        best_score = best = None
+        for chunk, score in self._scores(start, pos):
             top, arg = score.max(0)
             if best is None:
                 best_score, best = top, chunk[arg]
@@ -84,12 +88,22 @@ class LabelWarper:
                 take = top > best_score
                 best_score = torch.where(take, top, best_score)
                 best = torch.where(take, chunk[arg], best)
-            flat = score.reshape(len(chunk), -1)
-            k = min(CANDIDATES, flat.shape[1])
-            new_scores, new_indices = flat.topk(k, dim=1)
-            self.top_scores[chunk], self.top_indices[chunk] = _merge_top(
-                self.top_scores[chunk], self.top_indices[chunk], new_scores, new_indices + offset)
         self.out[start:stop] = self.values[best].to(self.labels.dtype)
+
+    def _highest_scores(self, lost: list[int], positions: Positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per lost label, its :data:`CANDIDATES` output voxels of highest warped indicator
+        (``(len(lost), CANDIDATES)`` scores, -1 where fewer, and flat indices)."""
+        wanted = torch.tensor(lost)
+        scores = torch.full((len(lost), CANDIDATES), -1.0)
+        indices = torch.zeros((len(lost), CANDIDATES), dtype=torch.int64)
+        for start, pos in positions():
+            for chunk, score in self._scores(start, pos, wanted):
+                flat = score.reshape(len(chunk), -1)
+                new_scores, new_indices = flat.topk(min(CANDIDATES, flat.shape[1]), dim=1)
+                rows = torch.searchsorted(wanted, chunk)
+                scores[rows], indices[rows] = _merge_top(scores[rows], indices[rows], new_scores,
+                                                         new_indices + start * self.row_voxels)
+        return scores, indices
 
     def _counts(self) -> torch.Tensor:
         """Voxels per label value in the output, chunk by chunk."""
@@ -99,7 +113,7 @@ class LabelWarper:
             counts += torch.bincount(self._channels(flat[start:start + CHUNK]), minlength=len(self.values))
         return counts
 
-    def _nearest_samples(self, lost: list[int], positions: Positions | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _nearest_samples(self, lost: list[int], positions: Positions) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidates for labels no output voxel samples: the output voxels whose sampling positions lie
         nearest the label's input voxel closest to its centroid (scores are minus squared distances)."""
         targets = []
@@ -109,11 +123,6 @@ class LabelWarper:
         targets = torch.stack(targets)
         scores = torch.full((len(lost), CANDIDATES), -float("inf"), dtype=torch.float64)
         indices = torch.zeros((len(lost), CANDIDATES), dtype=torch.int64)
-        if positions is None:
-            strides = torch.tensor(np.cumprod((1,) + self.labels.shape[:0:-1])[::-1].copy())
-            indices[:, 0] = (targets.round().long() * strides).sum(1)
-            scores[:, 0] = 0.0
-            return scores, indices
         for start, pos in positions():
             flat = pos[0].reshape(pos.shape[1], -1).double()
             distance = ((flat[None] - targets[:, :, None]) ** 2).sum(1)
@@ -122,13 +131,16 @@ class LabelWarper:
             scores, indices = _merge_top(scores, indices, new_scores, new_indices + start * self.row_voxels)
         return scores, indices
 
-    def result(self, positions: Positions | None = None) -> torch.Tensor:
+    def result(self, positions: Positions) -> torch.Tensor:
         """The warped label map, every input label present. ``positions()`` re-yields ``(start, pos)``
-        per slab (as given to :meth:`add_slab`); it is called only when a label is sampled nowhere."""
+        per slab (as given to :meth:`add_slab`); it is called only when the argmax lost a label."""
         counts = self._counts()
         lost = [int(c) for c in torch.nonzero(counts == 0).flatten()]
-        unseen = [c for c in lost if float(self.top_scores[c, 0]) <= 0]
-        candidates = {c: (self.top_scores[c], self.top_indices[c], "warped_probability") for c in lost if c not in unseen}
+        if not lost:
+            return self.out
+        scores, indices = self._highest_scores(lost, positions)
+        unseen = [c for i, c in enumerate(lost) if float(scores[i, 0]) <= 0]
+        candidates = {c: (scores[i], indices[i], "warped_probability") for i, c in enumerate(lost) if c not in unseen}
         if unseen:
             scores, indices = self._nearest_samples(unseen, positions)
             candidates.update({c: (scores[i], indices[i], "nearest_sample") for i, c in enumerate(unseen)})
