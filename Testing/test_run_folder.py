@@ -147,3 +147,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys):
         assert list(disk.iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_killed_run_leaves_no_visible_file_and_does_not_block_the_next(tmp_path, case, start, capsys):
+    """SIGKILL (what a cancel button may send) cannot be handled: only the hidden staging folder stays,
+    the OS releases the lock, and the next run into the folder works without --overwrite."""
+    out = tmp_path / "o"
+    run = start(case[0], "--out", out, *RUN)
+    pause_at(run, "sample 2/6 done")
+    stop_and_finish(run, signal.SIGKILL)
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
+    assert main(["augment", str(case[0]), "--out", str(out), "--samples", "1", "--model", "none", "--size", "32"]) == 0
+    assert len(json.loads((out / "manifest.json").read_text())["samples"]) == 1
