@@ -159,3 +159,15 @@ def test_a_killed_run_leaves_no_visible_file_and_does_not_block_the_next(tmp_pat
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
     assert main(["augment", str(case[0]), "--out", str(out), "--samples", "1", "--model", "none", "--size", "32"]) == 0
     assert len(json.loads((out / "manifest.json").read_text())["samples"]) == 1
+
+
+def test_two_runs_started_together_into_a_new_folder_one_wins(tmp_path, case, start):
+    out = tmp_path / "new" / "o"
+    runs = [start(case[0], "--out", out, *RUN) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    refusal = next(err for code, err in results if code == 2)
+    errors = [line for line in refusal.splitlines() if line.startswith("drdm: error:")]
+    assert len(errors) == 1 and ("in use by another drdm run" in errors[0] or "already exists" in errors[0])
+    assert len(json.loads((out / "manifest.json").read_text())["samples"]) == 6
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []

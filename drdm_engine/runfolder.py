@@ -129,9 +129,14 @@ class RunFolder:
             folder = folder.parent
         try:
             for folder in reversed(missing):
-                folder.mkdir()
-                self.created.append(folder)
+                try:
+                    folder.mkdir()
+                    self.created.append(folder)
+                except FileExistsError:  # another run made it a moment ago: the lock decides
+                    if not folder.is_dir():
+                        raise
             self._acquire()
+            self.check()  # again under the lock: another run may have finished into it meanwhile
             staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.out))
             umask = os.umask(0)
             os.umask(umask)
@@ -139,6 +144,9 @@ class RunFolder:
         except OSError as exc:
             self.abort()
             raise _unwritable(self.out, exc) from exc
+        except DRDMError:
+            self.abort()
+            raise
         self.staging = staging
         return staging
 
