@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +248,16 @@ def test_a_1x1x1_image_is_reported_with_its_size(tmp_path, capsys):
 
 
 def write_dicom_series(image: sitk.Image, folder: Path, series: int = 2) -> None:
-    """One DICOM file per slice with the tags that carry geometry."""
+    """One DICOM file per slice with the tags that carry geometry. GDCM's writer switches the process
+    to the C locale; the caller's locale is put back."""
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:
+        _write_dicom_slices(image, folder, series)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(image: sitk.Image, folder: Path, series: int) -> None:
     folder.mkdir(exist_ok=True)
     direction = image.GetDirection()
     writer = sitk.ImageFileWriter()
