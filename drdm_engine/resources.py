@@ -10,7 +10,7 @@ from .errors import DRDMError
 from .io import ImageInfo
 
 GIB = 2 ** 30
-BASE_MEMORY = 700 * 2 ** 20  # the Python process with torch, SimpleITK and the slab scratch
+BASE_MEMORY = 800 * 2 ** 20  # the Python process with torch, SimpleITK and the slab scratch (calibrated)
 WORKING_FIELD_COPIES = 3  # float32 copies of one sample's working-grid field alive while sampling (measured: 2)
 PER_VOXEL_FLOATS = 1.5  # float32 copies of the input per voxel besides the input and output arrays
 NETWORK_FLOATS = 48  # float32 activations per working voxel and sample of the recovery network
@@ -35,8 +35,10 @@ def estimate(image: ImageInfo, labels: ImageInfo | None, samples: int, working_s
     field (uncompressed size when ``field_compression`` is 0, else 90 % of it: fields compress little)."""
     voxels = image.voxels
     nd = 2 if len(image.size) == 2 or image.size[2] == 1 else 3
-    label_bytes = 8 if labels is not None else 0
-    full_size = voxels * (2 * image.bytes_per_voxel + 4 * PER_VOXEL_FLOATS + 2 * label_bytes)
+    label_bytes = 0
+    if labels is not None:  # the file's type in and out, and the warp's tensors (uint8, else up to int64)
+        label_bytes = 2 * labels.bytes_per_voxel + 2 * (1 if labels.bytes_per_voxel == 1 else 8)
+    full_size = voxels * (2 * image.bytes_per_voxel + 4 * PER_VOXEL_FLOATS + label_bytes)
     per_sample = working_size ** nd * 4 * (nd * WORKING_FIELD_COPIES + (NETWORK_FLOATS if network else 0))
     field = voxels * nd * 4 * (1.0 if field_compression == 0 else 0.9)
     disk_per_sample = int(voxels * (image.bytes_per_voxel + (labels.bytes_per_voxel if labels else 0)) + field)
