@@ -6,7 +6,9 @@ full-resolution input is warped with it (pull convention ``out(x) = in(x + u(x))
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -19,7 +21,7 @@ from .errors import DRDMError
 from .geometry import Geometry, WorkingGrid, field_to_input_voxels, sample_rows, slab_positions, source_rows, \
     to_working, voxels_to_physical
 from .intensity import normalise_
-from .io import Labels
+from .io import Labels, is_single_slice
 from .labels import LabelWarper
 from .metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
 from .precision import recovery_dtype
@@ -28,15 +30,42 @@ from .sampler import RecoverySettings, sample_fields
 Progress = Callable[[float, str], None]
 DIFFUSION_ONLY_SIZE = {2: 256, 3: 128}
 SLAB_VOXELS = 1 << 22
+PREVIEW_SIDE = 1024  # largest preview panel side (pixels); bigger slices are shown subsampled
+SIZE_RANGE = (8, 1024)
+SEED_MAX = 2 ** 64 - 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are
+    accepted when PyTorch can run on them; anything else is refused with one line."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DRDMError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or install a CUDA build")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise DRDMError(f"--device {name} is not a device DRDM runs on; use auto, cpu, cuda (or cuda:N) or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DRDMError(f"--device {name} asked for, but PyTorch sees no CUDA GPU; use --device cpu or install a "
+                        f"CUDA build")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DRDMError(f"--device {name}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); use cuda:0…"
+                        f"cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DRDMError(f"--device {name} asked for, but PyTorch sees no Apple MPS device; use --device cpu")
+    return device
+
+
+def check_settings(samples: int, seed: int, size: int | None) -> None:
+    """Refuse settings no run can use: fewer than 1 sample, a seed outside 0…2**64-1, a working size
+    outside :data:`SIZE_RANGE`."""
+    if samples < 1:
+        raise DRDMError(f"--samples must be at least 1, got {samples}")
+    if not 0 <= seed <= SEED_MAX:
+        raise DRDMError(f"--seed must be in 0…2**64-1 ({SEED_MAX}), got {seed}")
+    if size is not None and not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        raise DRDMError(f"--size must be in {SIZE_RANGE[0]}…{SIZE_RANGE[1]} (working grid side in voxels), got {size}")
 
 
 def resolve_model(model: str | None, ndims: int, device: torch.device) -> LoadedModel | None:
@@ -49,6 +78,9 @@ def resolve_model(model: str | None, ndims: int, device: torch.device) -> Loaded
             return None
         loaded = load_checkpoint(DEFAULT_MODEL, device=device)
         return loaded if loaded.meta.ndims == ndims else None
+    if Path(model).is_dir():
+        raise DRDMError(f"--model {model} is a folder; give a checkpoint file (.pt, written by drdm train or "
+                        f"drdm import-checkpoint)")
     return load_checkpoint(model, ndims=ndims, device=device)
 
 
@@ -57,11 +89,19 @@ class InputField:
     """One sample's displacement field on the input grid, computed slab by slab on demand from its
     working-grid field (a full-size field is ``nd`` float copies of the image; it is never held).
 
-    ``working``: ``(1, nd, N^nd)`` in working voxels; ``rows``: slab height along array axis 0."""
+    ``working``: ``(1, nd, N^nd)`` in working voxels; ``rows``: slab height along array axis 0;
+    ``output``: the grid the field is written on when it is not ``grid.input`` (a one-slice 3D input
+    deformed in-plane: the 2D field gets a zero z component and the 3D geometry)."""
 
     working: torch.Tensor
     grid: WorkingGrid
     rows: int
+    output: Geometry | None = None
+
+    @property
+    def geometry(self) -> Geometry:
+        """The grid of the written field."""
+        return self.output or self.grid.input
 
     def voxels(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` in input voxels along each array axis, ``(1, nd, stop - start, ...)``."""
@@ -69,6 +109,13 @@ class InputField:
 
     def lps_mm(self) -> Iterator[np.ndarray]:
         """The field as consecutive row blocks ``(rows, *shape[1:], nd)``: LPS mm, float32, array order."""
+        if self.output is not None:
+            with torch.inference_mode():
+                u = self.voxels(0, self.grid.input.shape[0])
+                lifted = torch.zeros((1, 3, 1, *u.shape[2:]), dtype=u.dtype)
+                lifted[:, 1:, 0] = u
+                yield _lps_mm(lifted, self.output).numpy()
+            return
         length = self.grid.input.shape[0]
         for start in range(0, length, self.rows):
             with torch.inference_mode():
@@ -94,7 +141,7 @@ class AugmentedCase:
     @property
     def geometry(self) -> Geometry:
         """The input grid (the field's)."""
-        return self.field.grid.input
+        return self.field.geometry
 
 
 def _array(image: sitk.Image) -> torch.Tensor:
@@ -103,9 +150,22 @@ def _array(image: sitk.Image) -> torch.Tensor:
 
 
 def _label_array(image: sitk.Image) -> torch.Tensor:
-    """Label map as uint8 (values up to 255) or int32, not int64: a full-size label map stays small."""
+    """Label map as uint8, int32 or (values beyond int32) int64: a full-size label map stays small and
+    every value is kept exactly."""
     array = sitk.GetArrayFromImage(image)
-    return torch.from_numpy(array if array.dtype == np.uint8 else array.astype(np.int32))
+    if array.dtype == np.uint8:
+        return torch.from_numpy(array)
+    info = np.iinfo(np.int32)
+    fits = info.min <= int(array.min()) and int(array.max()) <= info.max
+    return torch.from_numpy(array.astype(np.int32 if fits else np.int64))
+
+
+def _in_plane(image: sitk.Image) -> sitk.Image:
+    """The one slice of a one-slice 3D image as a 2D image (in-plane spacing; its position and direction
+    are not needed here: the outputs take the 3D image's)."""
+    flat = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image)[0])
+    flat.SetSpacing(image.GetSpacing()[:2])
+    return flat
 
 
 def _pixel_dtype(like: sitk.Image) -> np.dtype:
@@ -145,16 +205,17 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     ``precision`` of the recovery network: see :func:`precision.recovery_dtype`. The same ``seed`` on
     the same CPU reproduces the same samples bit for bit.
     """
-    geometry = Geometry.of(image)
+    check_settings(samples, seed, size)
+    flat = is_single_slice(image)
+    plane = _in_plane(image) if flat else image
+    geometry = Geometry.of(plane)
     nd = geometry.ndims
     schedule = model.meta.schedule if model else DiffusionSchedule()
     if not 0 <= depth < schedule.timesteps:
         raise DRDMError(f"--depth must be in 0…{schedule.timesteps - 1}, got {depth}")
-    if samples < 1:
-        raise DRDMError(f"--samples must be at least 1, got {samples}")
     n = model.meta.size if model else (size or DIFFUSION_ONLY_SIZE[nd])
     grid = WorkingGrid.fit(geometry, n)
-    working = to_working(normalise_(_array(image)[None, None]), grid).to(device)
+    working = to_working(normalise_(_array(plane)[None, None]), grid).to(device)
     generator = torch.Generator(device).manual_seed(int(seed))
     settings = RecoverySettings(recovery, model.meta.compose_padding if model else "border",
                                 autocast=recovery_dtype(precision, device))
@@ -176,8 +237,12 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
         raise DRDMError("the sampled deformation field is not finite (NaN/inf); rerun with --precision fp32 "
                         "or check the model")
     label_tensor = _label_array(labels.image) if labels is not None else None
+    if flat and label_tensor is not None:
+        label_tensor = label_tensor[0]
 
-    source = sitk.GetArrayViewFromImage(image)
+    source = sitk.GetArrayViewFromImage(image)  # a view of the caller's image, which outlives the cases
+    if flat:
+        source = source[0]
 
     def warped(k: int) -> AugmentedCase:
         with torch.inference_mode():
@@ -199,40 +264,47 @@ def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field:
            image: sitk.Image, labels: Labels | None) -> AugmentedCase:
     """Map one working-grid field onto the input grid and warp the full-resolution image and labels.
 
-    ``source`` is the input's voxel array (any pixel type, not copied): each output slab reads only
-    the input rows its positions reach, converted to float there, and is stored in the input's pixel
-    type at once. Held at full size: the output image and labels, never a float copy or the field."""
+    ``source`` is the input's voxel array on ``grid.input`` (any pixel type, not copied; the in-plane
+    slice of a one-slice 3D ``image``): each output slab reads only the input rows its positions
+    reach, converted to float there, and is stored in the input's pixel type at once. Held at full
+    size: the output image and labels, never a float copy or the field. Outputs take ``image``'s
+    (and ``labels``') shape, pixel type and geometry."""
     geometry = grid.input
     shape = geometry.shape
     rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
-    field = InputField(working_field, grid, rows)
+    output = Geometry.of(image)
+    field = InputField(working_field, grid, rows, output if output.shape != shape else None)
     out = np.empty(shape, _pixel_dtype(image))
     warper = LabelWarper(label_tensor) if label_tensor is not None else None
     stride = sample_stride(int(np.prod(shape)))
     slab_voxels = int(np.prod(shape[1:]))
     norms = []
     centre = shape[0] // 2 if geometry.ndims == 3 else None
+    step = max(1, math.ceil(max(shape[-2:]) / PREVIEW_SIDE))
+    u_rows = []
     for start, stop, u, pos in slab_positions(shape, field.voxels, rows):
         lo, hi = source_rows(pos, shape[0])
         band = torch.from_numpy(source[lo:hi].astype(np.float32))[None, None]
         out[start:stop] = _into_dtype(sample_rows(band, pos, "bilinear", lo)[0, 0].numpy(), out.dtype)
         norms.append(strided_norms(_lps_mm(u, geometry), start * slab_voxels, stride))
         if centre is None:
-            u_slice = u[0]
+            u_rows.append(u[0, :, (-start) % step::step, ::step])
         elif start <= centre < stop:
-            u_slice = u[0, 1:, centre - start]
+            u_rows.append(u[0, 1:, centre - start, ::step, ::step])
         if warper is not None:
             warper.add_slab(start, stop, pos)
     metrics = {**folding(working_field), **displacement_stats(torch.cat(norms))}
-    out_labels = None
+    out_labels = warped = None
     if warper is not None:
-        warped = warper.result()
+        warped = warper.result(lambda: ((start, pos) for start, _, _, pos in slab_positions(shape, field.voxels, rows)))
         metrics.update(label_agreement(label_tensor, warped, labels.names))
-        out_labels = _as_image(warped.numpy(), labels.image)
-    pick = (lambda a: np.array(a)) if centre is None else (lambda a: np.array(a[centre]))
+        metrics["restored_segments"] = [{**r, "name": labels.names.get(r["value"], str(r["value"]))}
+                                        for r in warper.restored]
+        out_labels = _as_image(warped.numpy().reshape(output.shape), labels.image)
+    pick = (lambda a: np.array(a[::step, ::step])) if centre is None else (lambda a: np.array(a[centre, ::step, ::step]))
     preview = {"before": pick(source).astype(np.float32), "after": pick(out).astype(np.float32),
-               "u_voxels": u_slice.numpy(),
-               "spacing": tuple(reversed(geometry.spacing))[-2:],
+               "u_voxels": (torch.cat(u_rows, dim=1) / step).numpy(),
+               "spacing": tuple(s * step for s in reversed(geometry.spacing))[-2:],
                "labels_before": None if label_tensor is None else pick(label_tensor.numpy()),
-               "labels_after": None if out_labels is None else pick(sitk.GetArrayViewFromImage(out_labels))}
-    return AugmentedCase(_as_image(out, image), out_labels, field, metrics, preview)
+               "labels_after": None if warped is None else pick(warped.numpy())}
+    return AugmentedCase(_as_image(out.reshape(output.shape), image), out_labels, field, metrics, preview)

@@ -5,6 +5,7 @@ User errors print one line ``drdm: error: ...`` and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,42 +48,65 @@ class _Progress:
 
 
 def _augment(args: argparse.Namespace) -> int:
-    from .augment import DIFFUSION_ONLY_SIZE, generate, resolve_device, resolve_model
-    from .export import prepare_folder, remove_partial, write_run
-    from .io import read_image, read_labels
+    from .runfolder import stop_signals_interrupt
+
+    with stop_signals_interrupt():
+        return _run_augment(args)
+
+
+def _run_augment(args: argparse.Namespace) -> int:
+    from .augment import DIFFUSION_ONLY_SIZE, check_settings, generate, resolve_device, resolve_model
+    from .export import MANIFEST, output_matcher, write_run
+    from .io import check_image_info, inspect_image, is_single_slice, read_image, read_labels
     from .precision import recovery_dtype
+    from .resources import check, estimate
+    from .runfolder import RunFolder
 
     if args.image is None:
+        if args.labels:
+            raise DRDMError("--labels needs the IMAGE they belong to: drdm augment IMAGE --labels LABELS --out DIR")
         args.image, args.labels = default_case()
         print(f"drdm: no IMAGE given, using the bundled chest CT case ({args.image})", file=sys.stderr)
-    if args.samples < 1:
-        raise DRDMError(f"--samples must be at least 1, got {args.samples}")
-    image = read_image(args.image, pixel_type=None)
-    labels = read_labels(args.labels, image) if args.labels else None
+    check_settings(args.samples, args.seed, args.size)
+    info = inspect_image(args.image)
+    check_image_info(info, args.image)
+    label_info = inspect_image(args.labels, "labels") if args.labels else None
     device = resolve_device(args.device)
-    model = resolve_model(args.model, image.GetDimension(), device)
-    if model is None:
-        print("drdm: no trained model for this image: diffusion-only mode (random forward fields, no recovery)",
-              file=sys.stderr)
+    nd = 2 if len(info.size) == 2 or info.size[2] == 1 else 3
+    model = resolve_model(args.model, nd, device)
+    size = model.meta.size if model else (args.size or DIFFUSION_ONLY_SIZE[nd])
     out = Path(args.out)
-    created = not out.exists()
-    prepare_folder(out, args.overwrite)
-    progress = _Progress(args.progress_lines)
+    folder = RunFolder(out, args.overwrite, output_matcher(args.image, args.samples, args.labels))
+    progress = None
     started = time.perf_counter()
     try:
+        staging = folder.open()
+        if not args.force_large:
+            check(estimate(info, label_info, args.samples, size, args.field_compression, model is not None), out,
+                  args.samples)
+        image = read_image(args.image, pixel_type=None, keep_3d=True, info=info)
+        labels = read_labels(args.labels, image) if args.labels else None
+        if model is None:
+            print("drdm: no trained model for this image: diffusion-only mode (random forward fields, no recovery)",
+                  file=sys.stderr)
+        if is_single_slice(image):
+            print("drdm: one-slice 3D image: deformed in-plane, written back in 3D with its geometry", file=sys.stderr)
+        progress = _Progress(args.progress_lines)
         cases = generate(image, labels, model, args.samples, args.depth, args.seed, device, args.recovery,
                          args.size, progress, args.precision)
         dtype = recovery_dtype(args.precision, device) if model else None
-        size = model.meta.size if model else (args.size or DIFFUSION_ONLY_SIZE[image.GetDimension()])
         settings = {"samples": args.samples, "depth": args.depth, "seed": args.seed, "recovery": args.recovery,
-                    "device": str(device), "working_size": size,
+                    "device": str(device), "working_size": size, "field_compression": args.field_compression,
                     "network_precision": ("bf16 autocast" if dtype else "fp32") if model else None}
-        manifest = write_run(out, args.image, args.labels, labels, cases, model, settings, started)
+        manifest = write_run(staging, args.image, args.labels, labels, cases, model, settings, started,
+                             args.field_compression)
+        folder.commit(MANIFEST)
     except BaseException:
-        remove_partial(out, created)
+        folder.abort()
         raise
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     print(f"drdm: wrote {len(manifest['samples'])} {manifest['mode']} samples to {out}/ (see {out}/manifest.json)",
           file=sys.stderr)
     return 0
@@ -116,6 +140,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .io import FIELD_COMPRESSION_DEFAULT
     from .precision import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="drdm", description="DRDM: diverse, plausible deformations of one "
@@ -123,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     aug = sub.add_parser("augment", help="deform an image (+ labels) N times and export the cases")
-    aug.add_argument("image", nargs="?", help="NIfTI/NRRD/MHA image, 2D or 3D (default: bundled chest CT)")
+    aug.add_argument("image", nargs="?", help="NIfTI/NRRD/MHA image, 2D or 3D, or a folder holding one DICOM "
+                     "series (default: bundled chest CT)")
     aug.add_argument("--labels", help="label map or Slicer .seg.nrrd on the image's grid")
     aug.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"number of samples (default {DEFAULT_SAMPLES})")
     aug.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help=f"diffusion depth T0 in 0…T-1 (default {DEFAULT_DEPTH})")
@@ -131,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
     aug.add_argument("--model", default=None, help="checkpoint path, 'default' (bundled model) or 'none' "
                      "(diffusion only); default: the bundled model when it fits the image's dimension")
-    aug.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    aug.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (default auto)")
     aug.add_argument("--recovery", choices=("published", "from-depth"), default="published",
                      help="published: all steps T-1…0 (default); from-depth: T0…0, faster")
     aug.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -139,7 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "(2.5-3.5x faster in 3D, same quality as measured in bench/bench_precision.py), else fp32")
     aug.add_argument("--size", type=int, default=None, help="working grid side in diffusion-only mode "
                      "(default 128 in 3D, 256 in 2D); a model uses its own")
-    aug.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder")
+    aug.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder "
+                     "(same-named outputs are replaced, other files never touched)")
+    aug.add_argument("--field-compression", type=int, choices=range(10), default=FIELD_COMPRESSION_DEFAULT,
+                     metavar="0-9", help="gzip level of the displacement fields; 0 writes them uncompressed "
+                     f"(faster, larger) (default {FIELD_COMPRESSION_DEFAULT})")
+    aug.add_argument("--force-large", action="store_true",
+                     help="run even when the estimated memory or disk exceeds what is available")
     aug.add_argument("--progress-lines", action="store_true",
                      help="print 'drdm-progress <fraction> <text>' lines on stdout instead of a bar")
     aug.set_defaults(func=_augment)
@@ -174,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     except DRDMError as exc:
         print(f"drdm: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("drdm: interrupted; partial outputs removed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"drdm: interrupted ({signal.Signals(signum).name}); partial outputs removed", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Writing an augmentation run to disk: per-sample image, labels, displacement field, preview, and one
-``manifest.json``. Never overwrites unless asked; every file is written atomically."""
+``manifest.json`` (written last), into the run's staging folder (:mod:`runfolder`)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -9,7 +10,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -19,25 +20,23 @@ from . import __version__
 from .augment import AugmentedCase
 from .checkpoint import LoadedModel, describe
 from .errors import DRDMError
-from .io import Labels, stem_of, suffix_of, write_displacement_field, write_image, write_json, write_segmentation
+from .io import (FIELD_COMPRESSION_DEFAULT, Labels, stem_of, suffix_of, write_displacement_field, write_image,
+                 write_json, write_segmentation)
 from .preview import render_preview
 
 MANIFEST = "manifest.json"
 
 
-def prepare_folder(out: Path, overwrite: bool) -> None:
-    """Create ``out``; refuse an existing non-empty folder unless ``overwrite``; check it is writable."""
-    if out.exists() and not out.is_dir():
-        raise DRDMError(f"--out {out} is a file, not a folder; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DRDMError(f"output folder {out} already exists and is not empty; choose another --out or add --overwrite")
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, quota, I/O error) into one line that says how much room is left."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".drdm_write_test_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        yield
     except OSError as exc:
-        raise DRDMError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose a writable --out") from exc
+        reason = exc.strerror or str(exc)
+        free = shutil.disk_usage(path.parent).free / 2 ** 20
+        raise DRDMError(f"cannot write {path.name}: {reason} ({free:.0f} MiB free on that disk); free some space "
+                        f"or choose another --out (nothing of this run was kept)") from exc
 
 
 def _image_suffix(image_path: str) -> str:
@@ -55,29 +54,48 @@ def sample_names(image_path: str, index: int, has_labels: bool, seg_nrrd: bool) 
     return {"image": f"{base}{suffix}", "labels": labels, "field": f"{base}_field.nrrd", "preview": f"{base}_preview.png"}
 
 
+def output_matcher(image_path: str, samples: int, labels_path: str | None) -> Callable[[str], bool]:
+    """Predicate: is a file name one this run writes (any sample's file, or the manifest)?"""
+    seg_nrrd = labels_path is not None and suffix_of(labels_path) == ".seg.nrrd"
+    first = sample_names(image_path, 0, labels_path is not None, seg_nrrd)
+    base = f"{stem_of(image_path)}_drdm_"
+    tails = {name[len(base) + 3:] for name in first.values() if name}
+
+    def is_output(name: str) -> bool:
+        if name == MANIFEST:
+            return True
+        index, tail = name[len(base):len(base) + 3], name[len(base) + 3:]
+        return name.startswith(base) and index.isdigit() and int(index) < samples and tail in tails
+
+    return is_output
+
+
 def write_run(out: Path, image_path: str, labels_path: str | None, labels: Labels | None,
               cases: Iterable[AugmentedCase], model: LoadedModel | None, settings: dict,
-              started: float | None = None) -> dict:
-    """Write every sample as it comes and then the manifest into ``out`` (already prepared); returns
-    the manifest. ``started`` (``time.perf_counter()`` when the run began) adds the run's
-    ``seconds`` to the settings."""
+              started: float | None = None, field_compression: int = FIELD_COMPRESSION_DEFAULT) -> dict:
+    """Write every sample as it comes and then the manifest into ``out`` (the run's own staging
+    folder); returns the manifest. ``started`` (``time.perf_counter()`` when the run began) adds the
+    run's ``seconds`` to the settings. ``field_compression``: gzip level of the fields (0: none)."""
     seg_nrrd = labels is not None and labels.segmentation is not None
-    colours = {int(s["labelValue"]): tuple(s["color"]) for s in labels.segmentation["segments"]} if seg_nrrd else None
+    colours = ({int(s["labelValue"]): tuple(s["color"]) for s in labels.segmentation["segments"] if s.get("color")}
+               if seg_nrrd else None)
     entries = []
     for k, case in enumerate(cases):
         names = sample_names(image_path, k, labels is not None, seg_nrrd)
-        write_image(case.image, out / names["image"])
+        with _writing(out / names["image"]):
+            write_image(case.image, out / names["image"])
         if case.labels is not None:
-            if seg_nrrd:
-                write_segmentation(case.labels, labels, out / names["labels"])
-            else:
-                write_image(case.labels, out / names["labels"])
-        write_displacement_field(case.field.lps_mm(), case.geometry, out / names["field"])
+            with _writing(out / names["labels"]):
+                if seg_nrrd:
+                    write_segmentation(case.labels, labels, out / names["labels"])
+                else:
+                    write_image(case.labels, out / names["labels"])
+        with _writing(out / names["field"]):
+            write_displacement_field(case.field.lps_mm(), case.geometry, out / names["field"], field_compression)
         p = case.preview
-        tmp = out / f".tmp{os.getpid()}_{names['preview']}"
-        render_preview(p["before"], p["after"], p["u_voxels"], p["spacing"], tmp, p["labels_before"],
-                       p["labels_after"], colours, title=f"sample {k}")
-        os.replace(tmp, out / names["preview"])
+        with _writing(out / names["preview"]):
+            render_preview(p["before"], p["after"], p["u_voxels"], p["spacing"], out / names["preview"],
+                           p["labels_before"], p["labels_after"], colours, title=f"sample {k}")
         entries.append({"index": k, **names, "metrics": case.metrics})
         del case  # free this sample before the next one is warped
     manifest = {
@@ -94,16 +112,13 @@ def write_run(out: Path, image_path: str, labels_path: str | None, labels: Label
         "settings": settings if started is None else {**settings, "seconds": round(time.perf_counter() - started, 3)},
         "conventions": {"field": "ITK displacement field, vectors in LPS millimetres on the input grid, resampling "
                                  "(pull) direction: output(x) = input(x + u(x))",
-                        "labels": "label-safe warp (one-hot linear then argmax); no new label values"},
+                        "labels": "label-safe warp (one-hot linear then argmax); no new label values; a segment the "
+                                  "argmax would lose is kept at its voxel of highest warped probability and listed "
+                                  "in the sample's metrics.restored_segments"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "SimpleITK": sitk.Version_VersionString()},
         "samples": entries,
     }
-    write_json(manifest, out / MANIFEST)
+    with _writing(out / MANIFEST):
+        write_json(manifest, out / MANIFEST)
     return manifest
-
-
-def remove_partial(out: Path, created: bool) -> None:
-    """After a failed run: remove the folder if this run created it (it holds only our partial files)."""
-    if created and out.is_dir():
-        shutil.rmtree(out, ignore_errors=True)

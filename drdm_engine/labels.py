@@ -1,20 +1,28 @@
 """Label-safe warping: every output voxel takes a label value of the input, and every label of the
 input survives.
 
-Each label's indicator is warped linearly and the output takes the label of the largest indicator
-(one-hot-linear-then-argmax): smoother boundaries than nearest neighbour, never a new value.
-A label that the argmax would lose entirely (a structure squeezed below one voxel) is put back at
-the voxel where its warped indicator is largest.
+The indicators of all labels are warped linearly together (one ``grid_sample`` over channel chunks
+that bound memory) and the output takes the label of the largest indicator (one-hot-linear-then-argmax,
+ties to the lower value): smoother boundaries than nearest neighbour, never a new value. A label that
+the argmax loses entirely (a structure squeezed below one voxel, or outvoted by touching neighbours)
+is put back at the voxel where its warped indicator is highest among voxels whose own label keeps
+other voxels; a label no output voxel samples at all (moved out of view) is put where the output
+samples closest to it. Each restoration is listed in :attr:`LabelWarper.restored`.
 """
 from __future__ import annotations
+
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from .geometry import sample_rows, source_rows
 
-
 CHUNK = 1 << 24
+INDICATOR_BUDGET = 1 << 24  # indicator/score elements held at once (channel chunks): 64 MiB of float32
+CANDIDATES = 32  # best voxels considered per lost label
+
+Positions = Callable[[], Iterable[tuple[int, torch.Tensor]]]
 
 
 def label_values(labels: torch.Tensor) -> list[int]:
@@ -27,39 +35,153 @@ def label_values(labels: torch.Tensor) -> list[int]:
     return sorted(found)
 
 
-class LabelWarper:
-    """Accumulates a label-safe warp of ``labels`` ``(*shape)`` slab by slab."""
+def _merge_top(scores: torch.Tensor, indices: torch.Tensor, new_scores: torch.Tensor,
+               new_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the ``scores.shape[1]`` largest of two ``(C, k)`` candidate lists per row."""
+    all_scores, all_indices = torch.cat([scores, new_scores], 1), torch.cat([indices, new_indices], 1)
+    top, pick = all_scores.topk(scores.shape[1], dim=1)
+    return top, all_indices.gather(1, pick)
 
-    def __init__(self, labels: torch.Tensor):
+
+class LabelWarper:
+    """Accumulates a label-safe warp of ``labels`` ``(*shape)`` (integer tensor) slab by slab.
+
+    ``budget``: float elements of indicators and scores held at once (the labels are warped in
+    channel chunks of at most that size)."""
+
+    def __init__(self, labels: torch.Tensor, budget: int = INDICATOR_BUDGET):
         self.labels = labels
-        self.values = label_values(labels)
+        self.values = torch.tensor(label_values(labels), dtype=torch.int64)
         self.out = torch.zeros_like(labels)
-        self.peak = {v: (-1.0, 0) for v in self.values}
+        self.budget = budget
+        self.row_voxels = int(np.prod(labels.shape[1:]))
+        self.restored: list[dict] = []
+
+    def _channels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Index of each voxel's value in :attr:`values` (int64, same shape)."""
+        return torch.searchsorted(self.values, labels.to(torch.int64).reshape(-1)).view(labels.shape)
+
+    def _scores(self, start: int, pos: torch.Tensor, wanted: torch.Tensor | None = None):
+        """Warped indicators of output rows from ``start`` at positions ``pos``, by channel chunks:
+        yields ``(channels, scores (len(channels), *pos.shape[2:]))`` for the labels present in the
+        source rows (only those in ``wanted``, when given)."""
+        lo, hi = source_rows(pos, self.labels.shape[0])
+        channel = self._channels(self.labels[lo:hi])
+        present = torch.nonzero(torch.bincount(channel.reshape(-1), minlength=len(self.values))).flatten()
+        if wanted is not None:
+            present = present[torch.isin(present, wanted)]
+        if present.numel() == 0:
+            return
+        per_chunk = max(1, self.budget // max(channel.numel(), pos[0, 0].numel()))
+        for chunk in present.split(per_chunk):
+            indicators = (channel[None] == chunk.view((-1,) + (1,) * channel.dim())).float()[None]
+            yield chunk, sample_rows(indicators, pos, "bilinear", lo)[0]
 
     def add_slab(self, start: int, stop: int, pos: torch.Tensor) -> None:
         """Fill output rows ``start:stop`` from input-voxel positions ``pos`` ``(1, nd, stop-start, ...)``."""
-        lo, hi = source_rows(pos, self.labels.shape[0])
-        crop = self.labels[lo:hi]
-        best_score = None
-        best = torch.zeros(pos.shape[2:], dtype=self.labels.dtype)
-        offset = start * int(torch.tensor(self.labels.shape[1:]).prod())
-        for value in self.values:
-            indicator = (crop == value).float()[None, None]
-            if not bool(indicator.any()):
-                continue
-            score = sample_rows(indicator, pos, "bilinear", lo)[0, 0]
-            take = score > best_score if best_score is not None else torch.ones_like(score, dtype=torch.bool)
-            best[take] = value
-            best_score = score if best_score is None else torch.where(take, score, best_score)
-            top = float(score.max())
-            if top > self.peak[value][0]:
-                self.peak[value] = (top, offset + int(torch.argmax(score)))
-        self.out[start:stop] = best
+        best_score = best = None
+        for chunk, score in self._scores(start, pos):
+            top, arg = score.max(0)
+            if best is None:
+                best_score, best = top, chunk[arg]
+            else:
+                take = top > best_score
+                best_score = torch.where(take, top, best_score)
+                best = torch.where(take, chunk[arg], best)
+        self.out[start:stop] = self.values[best].to(self.labels.dtype)
 
-    def result(self) -> torch.Tensor:
-        """The warped label map; labels lost by the argmax are restored at their strongest voxel."""
-        present = set(label_values(self.out))
-        for value, (_, index) in self.peak.items():
-            if value not in present:
-                self.out.view(-1)[index] = value
+    def _highest_scores(self, lost: list[int], positions: Positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per lost label, its :data:`CANDIDATES` output voxels of highest warped indicator
+        (``(len(lost), CANDIDATES)`` scores, -1 where fewer, and flat indices)."""
+        wanted = torch.tensor(lost)
+        scores = torch.full((len(lost), CANDIDATES), -1.0)
+        indices = torch.zeros((len(lost), CANDIDATES), dtype=torch.int64)
+        for start, pos in positions():
+            for chunk, score in self._scores(start, pos, wanted):
+                flat = score.reshape(len(chunk), -1)
+                new_scores, new_indices = flat.topk(min(CANDIDATES, flat.shape[1]), dim=1)
+                rows = torch.searchsorted(wanted, chunk)
+                scores[rows], indices[rows] = _merge_top(scores[rows], indices[rows], new_scores,
+                                                         new_indices + start * self.row_voxels)
+        return scores, indices
+
+    def _counts(self) -> torch.Tensor:
+        """Voxels per label value in the output, chunk by chunk."""
+        counts = torch.zeros(len(self.values), dtype=torch.int64)
+        flat = self.out.reshape(-1)
+        for start in range(0, flat.numel(), CHUNK):
+            counts += torch.bincount(self._channels(flat[start:start + CHUNK]), minlength=len(self.values))
+        return counts
+
+    def _nearest_samples(self, lost: list[int], positions: Positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates for labels no output voxel samples: the output voxels whose sampling positions lie
+        nearest the label's input voxel closest to its centroid (scores are minus squared distances)."""
+        targets = []
+        for c in lost:
+            where = torch.nonzero(self.labels == self.values[c]).double()
+            targets.append(where[((where - where.mean(0)) ** 2).sum(1).argmin()])
+        targets = torch.stack(targets)
+        scores = torch.full((len(lost), CANDIDATES), -float("inf"), dtype=torch.float64)
+        indices = torch.zeros((len(lost), CANDIDATES), dtype=torch.int64)
+        for start, pos in positions():
+            flat = pos[0].reshape(pos.shape[1], -1).double()
+            distance = ((flat[None] - targets[:, :, None]) ** 2).sum(1)
+            k = min(CANDIDATES, distance.shape[1])
+            new_scores, new_indices = (-distance).topk(k, dim=1)
+            scores, indices = _merge_top(scores, indices, new_scores, new_indices + start * self.row_voxels)
+        return scores, indices
+
+    def result(self, positions: Positions) -> torch.Tensor:
+        """The warped label map, every input label present. ``positions()`` re-yields ``(start, pos)``
+        per slab (as given to :meth:`add_slab`); it is called only when the argmax lost a label."""
+        counts = self._counts()
+        lost = [int(c) for c in torch.nonzero(counts == 0).flatten()]
+        if not lost:
+            return self.out
+        scores, indices = self._highest_scores(lost, positions)
+        unseen = [c for i, c in enumerate(lost) if float(scores[i, 0]) <= 0]
+        candidates = {c: (scores[i], indices[i], "warped_probability") for i, c in enumerate(lost) if c not in unseen}
+        if unseen:
+            scores, indices = self._nearest_samples(unseen, positions)
+            candidates.update({c: (scores[i], indices[i], "nearest_sample") for i, c in enumerate(unseen)})
+        flat = self.out.view(-1)
+        taken: set[int] = set()
+        for c in sorted(candidates, key=lambda c: -float(candidates[c][0][0])):
+            scores, indices, how = candidates[c]
+            floor = 0.0 if how == "warped_probability" else -float("inf")
+            choice = next(((float(s), int(i)) for s, i in zip(scores, indices)
+                           if s > floor and int(i) not in taken and counts[self._owner(int(i))] > 1), None)
+            if choice is None:
+                choice = (0.0, self._nearest_free(int(indices[0]), counts, taken))
+                how += ", moved to the nearest voxel whose label keeps others"
+            score, index = choice
+            counts[self._owner(index)] -= 1
+            counts[c] += 1
+            flat[index] = self.values[c].to(flat.dtype)
+            taken.add(index)
+            voxel = np.unravel_index(index, self.labels.shape)
+            self.restored.append({"value": int(self.values[c]), "voxel_ijk": [int(v) for v in reversed(voxel)],
+                                  "placed_by": how, "score": round(score, 6)})
         return self.out
+
+    def _owner(self, index: int) -> int:
+        """Channel of the output label at flat ``index``."""
+        return int(self._channels(self.out.view(-1)[index:index + 1])[0])
+
+    def _nearest_free(self, index: int, counts: torch.Tensor, taken: set[int]) -> int:
+        """The output voxel nearest flat ``index`` whose label has other voxels and that no restored label
+        took (searched in growing cubes)."""
+        shape = self.labels.shape
+        centre = np.array(np.unravel_index(index, shape))
+        for radius in range(1, max(shape) + 1):
+            lo, hi = np.maximum(centre - radius, 0), np.minimum(centre + radius + 1, shape)
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            free = counts[self._channels(self.out[box])] > 1
+            grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"))
+            flat_index = np.ravel_multi_index(tuple(grid), shape)
+            free &= torch.from_numpy(~np.isin(flat_index, list(taken)))
+            if bool(free.any()):
+                distance = ((grid - centre.reshape(-1, *([1] * len(shape)))) ** 2).sum(0)
+                distance = np.where(free.numpy(), distance, np.iinfo(np.int64).max)
+                return int(flat_index.reshape(-1)[int(np.argmin(distance))])
+        raise ValueError("no voxel left to restore a label: the image has fewer voxels than labels")

@@ -1,0 +1,202 @@
+"""One run's output folder: refused while another run uses it, written in a private staging folder,
+moved into place at the end (manifest last), and on failure or a signal left as it was found.
+
+Layout while a run works in ``out``: ``out/.drdm-lock`` (an OS lock held by the running process;
+released by the OS if the process dies) and ``out/.drdm-staging-<pid>-*/`` (this run's files). Only
+files this run wrote are ever removed; folders it created are removed only when empty.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import DRDMError
+
+LOCK_NAME = ".drdm-lock"
+STAGING_PREFIX = ".drdm-staging-"
+INTERNAL_PREFIX = ".drdm-"
+STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM/SIGHUP turned into an interrupt, so that every cleanup that handles Ctrl-C runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (a ``KeyboardInterrupt``); a
+    no-op outside the main thread (only it may set signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_terminated) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (the swap into place is not cut in the middle)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, *STOP_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def _try_lock(handle) -> bool:
+    """Non-blocking exclusive OS lock on an open file; released when the process exits."""
+    try:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+    except OSError:
+        return False
+    return True
+
+
+def _unwritable(out: Path, exc: OSError) -> DRDMError:
+    return DRDMError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose a writable --out")
+
+
+class RunFolder:
+    """The output folder ``out`` of one run; ``is_output(name)`` tells the names of the files it writes.
+
+    :meth:`open` checks and locks ``out`` and returns the staging folder to write into;
+    :meth:`commit` moves everything into ``out`` (``last`` after all others); :meth:`abort` removes
+    what this run wrote. ``overwrite``: ``out`` may already hold files (same-named ones are replaced,
+    others never touched)."""
+
+    def __init__(self, out: Path, overwrite: bool, is_output: Callable[[str], bool]):
+        self.out = Path(out)
+        self.overwrite = overwrite
+        self.is_output = is_output
+        self.created: list[Path] = []
+        self.staging: Path | None = None
+        self._lock = None
+
+    def check(self) -> None:
+        """Refuse, before any work: a file at ``out``, a non-empty ``out`` without ``overwrite``, and a
+        folder (or anything but a file) where an output file goes."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise DRDMError(f"--out {out} is a file, not a folder; choose a folder path")
+        if not out.is_dir():
+            return
+        if not self.overwrite and any(not p.name.startswith(INTERNAL_PREFIX) for p in out.iterdir()):
+            raise DRDMError(f"output folder {out} already exists and is not empty; choose another --out or add "
+                            f"--overwrite")
+        for target in out.iterdir():
+            if (target.is_symlink() or not target.is_file()) and self.is_output(target.name):
+                raise DRDMError(f"output folder {out} holds '{target.name}', which is not a regular file, where this "
+                                f"run writes one; move it away or choose another --out")
+
+    def open(self) -> Path:
+        """Create ``out`` (and missing parents), lock it, and create this run's staging folder."""
+        self.check()
+        missing = []
+        folder = self.out
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        try:
+            for folder in reversed(missing):
+                try:
+                    folder.mkdir()
+                    self.created.append(folder)
+                except FileExistsError:  # another run made it a moment ago: the lock decides
+                    if not folder.is_dir():
+                        raise
+            self._acquire()
+            self.check()  # again under the lock: another run may have finished into it meanwhile
+            staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.out))
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)
+        except OSError as exc:
+            self.abort()
+            raise _unwritable(self.out, exc) from exc
+        except DRDMError:
+            self.abort()
+            raise
+        self.staging = staging
+        return staging
+
+    def _acquire(self) -> None:
+        path = self.out / LOCK_NAME
+        handle = open(path, "a+")
+        if not _try_lock(handle) or not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise DRDMError(f"output folder {self.out} is in use by another drdm run (pid {owner}); wait for it to "
+                            f"finish or choose another --out")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            Path(self._lock.name).unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
+
+    def commit(self, last: str) -> None:
+        """Move the staged files into ``out``, ``last`` (the manifest) after all others, with any
+        previous ``last`` removed first: at every moment ``out`` holds one consistent run."""
+        staging = self.staging
+        with _signals_held():
+            previous = self.out / last
+            if previous.is_file() and not previous.is_symlink():
+                previous.unlink()
+            for path in sorted(staging.iterdir()):
+                if path.name != last:
+                    os.replace(path, self.out / path.name)
+            os.replace(staging / last, previous)
+            staging.rmdir()
+            self.staging = None
+            self.created = []
+            self._release()
+
+    def abort(self) -> None:
+        """Remove this run's staging folder and lock, then the folders it created if they are empty (a
+        second signal meanwhile waits until this is done)."""
+        with _signals_held():
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
+            self._release()
+            for folder in reversed(self.created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            self.created = []
