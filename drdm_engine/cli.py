@@ -51,7 +51,10 @@ def _augment(args: argparse.Namespace) -> int:
     from .export import prepare_folder, remove_partial, write_run
     from .io import read_image, read_labels
     from .precision import recovery_dtype
+    from .dataset_cli import run_from_args, wants_dataset
 
+    if wants_dataset(args):
+        return run_from_args(args)
     if args.image is None:
         args.image, args.labels = default_case()
         print(f"drdm: no IMAGE given, using the bundled chest CT case ({args.image})", file=sys.stderr)
@@ -142,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder")
     aug.add_argument("--progress-lines", action="store_true",
                      help="print 'drdm-progress <fraction> <text>' lines on stdout instead of a bar")
+    from .dataset_cli import add_arguments
+
+    add_arguments(aug)
     aug.set_defaults(func=_augment)
 
     imp = sub.add_parser("import-checkpoint", help="convert a published RecResACNet state dict to a DRDM checkpoint")
