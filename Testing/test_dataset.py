@@ -116,3 +116,28 @@ def test_folder_with_label_pattern_and_errors(tmp_path, capsys):
     assert augment(images, "--labels-dir", labels, "--labels-pattern", "{case}_mask.nrrd", "--out", tmp_path / "x") == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
     assert len(err) == 1 and "no label file" in err[0] and not (tmp_path / "x").exists()
+
+
+def test_same_files_whatever_the_number_of_processes(nnunet, tmp_path):
+    """torchrun with 1 and 2 gloo processes (cases sharded by rank) and 2 CPU workers give the same bytes."""
+    import os
+    import subprocess
+    import sys
+
+    data, _ = nnunet
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for name, launcher in (("torchrun1", ["-m", "torch.distributed.run", "--nproc_per_node", "1"]),
+                           ("torchrun2", ["-m", "torch.distributed.run", "--nproc_per_node", "2"]),
+                           ("workers2", [])):
+        extra = ["--workers", "2"] if name == "workers2" else []
+        command = [sys.executable, *launcher, "-m", "drdm_engine.cli", "augment", str(data), "--out",
+                   str(tmp_path / name), "--device", "cpu", *ARGS, *extra]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[name] = tree(tmp_path / name)
+        manifest = json.loads(outputs[name].pop(MANIFEST))
+        outputs[name]["cases"] = json.dumps(manifest["cases"]).encode()
+    assert len(outputs["torchrun1"]) == 1 + 12 + 6 + 6 + 1  # dataset.json, images, labels, fields, cases
+    assert outputs["torchrun2"] == outputs["torchrun1"]
+    assert outputs["workers2"] == outputs["torchrun1"]

@@ -222,7 +222,8 @@ def _stage_pairs(case: Case, record: dict, originals: dict, working: list[InputF
         field = InputField(w, a.grid, a.rows)
         name = layout.pair_field(samples[k]["id"], samples[k + 1]["id"])
         _mkdir_write(lambda f, p: write_displacement_field(f.lps_mm(), f.grid.input, p), field, stage / name)
-        errors = {f"{key}_mm": round(value * mm, 6) for key, value in figures.items()}
+        errors = {key if key.endswith("fraction") else f"{key}_mm": round(value * (1 if key.endswith("fraction") else mm), 6)
+                  for key, value in figures.items()}
         entries.append(_pair(samples[k], samples[k + 1], name, "deformed-deformed", errors))
     return entries
 

@@ -192,7 +192,7 @@ def write_displacement_field(chunks: Iterable[np.ndarray], geometry: Geometry, p
     try:
         with open(tmp, "wb") as handle:
             handle.write(header.encode("ascii"))
-            with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1, mtime=0) as stream:
+            with gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=1, mtime=0) as stream:
                 for chunk in chunks:
                     if chunk.shape[1:] != (*geometry.shape[1:], nd):
                         raise ValueError(f"field block shape {chunk.shape} does not match the grid "
