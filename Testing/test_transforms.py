@@ -37,8 +37,7 @@ def resampled_by_simpleitk(array: np.ndarray, spacing, field, tmp_path) -> np.nd
 
 
 def only_field(engine):
-    fields = [f for per_case in engine.fields.values() for f in per_case.values()]
-    return fields[-1]
+    return next(reversed(engine.fields.values()))
 
 
 def test_monai_compose_dataloader_workers_and_set_determinism(chest_files, tmp_path):

@@ -70,7 +70,7 @@ class RandDRDMd(RandomizableTransform, MapTransform):
         if self.bank_size > 0:
             seed, depth = engine.bank(reference, spacing, self.bank_size, self._seed_and_depth)[self._pick]
         field = engine.field(reference, spacing, seed, depth)
-        warped_images, warped_labels = engine.apply(field, [arrays[k] for k in images], [arrays[k] for k in labels], spacing)
+        warped_images, warped_labels = engine.apply(field, [arrays[k] for k in images], [arrays[k] for k in labels])
         for key, array in zip(images + labels, warped_images + warped_labels):
             d[key] = convert_to_dst_type(torch.from_numpy(np.ascontiguousarray(array)), dst=d[key])[0]
         return d

@@ -47,7 +47,7 @@ class DRDMDeformation(SpatialTransform):
         images = [i for i in self.get_images(subject) if not isinstance(i, tio.LabelMap)]
         labels = [i for i in self.get_images(subject) if isinstance(i, tio.LabelMap)]
         warped_images, warped_labels = engine.apply(field, [i.data.numpy() for i in images],
-                                                    [i.data.numpy() for i in labels], spacing)
+                                                    [i.data.numpy() for i in labels])
         for image, array in zip(images + labels, warped_images + warped_labels):
             image.set_data(torch.from_numpy(np.ascontiguousarray(array)).to(image.data.dtype))
         return subject
