@@ -141,3 +141,18 @@ def test_same_files_whatever_the_number_of_processes(nnunet, tmp_path):
     assert len(outputs["torchrun1"]) == 1 + 12 + 6 + 6 + 1  # dataset.json, images, labels, fields, cases
     assert outputs["torchrun2"] == outputs["torchrun1"]
     assert outputs["workers2"] == outputs["torchrun1"]
+
+
+def test_a_bad_case_stops_the_run_with_one_line_and_keeps_finished_cases(tmp_path, capsys):
+    data = build_nnunet(tmp_path / "Dataset002_Bad")
+    labels = sitk.ReadImage(str(data / "labelsTr/chest2.nii.gz"))
+    labels.SetOrigin(tuple(o + 7 for o in labels.GetOrigin()))
+    sitk.WriteImage(labels, str(data / "labelsTr/chest2.nii.gz"))
+    capsys.readouterr()
+    assert augment(data, "--out", tmp_path / "o") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
+    assert len(errors) == 1 and "case chest2" in errors[0] and "do not lie on the image grid" in errors[0]
+    assert "rerun the same command to resume" in errors[0]
+    assert sorted(p.name for p in (tmp_path / "o/.drdm_state/cases").iterdir()) == ["chest0.json", "chest1.json"]
+    assert not (tmp_path / "o/imagesTr/chest2_drdm000_0000.nii.gz").exists()
+    assert not (tmp_path / "o" / MANIFEST).exists()
