@@ -452,7 +452,8 @@ def run(dataset: Dataset, job: Job, out: Path, overwrite: bool = False, progress
         distributed.stop()
 
 
-def _run(dataset, job, out, overwrite, progress_lines, device, group) -> dict | None:
+def _run(dataset: Dataset, job: Job, out: Path, overwrite: bool, progress_lines: bool, device: torch.device,
+         group) -> dict | None:
     started = time.perf_counter()
     problem, resumed = None, False
     if group.main:
