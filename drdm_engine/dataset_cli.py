@@ -31,7 +31,8 @@ def wants_dataset(args) -> bool:
 def run_from_args(args) -> int:
     """``drdm augment`` in dataset mode."""
     from .cases import find_cases, is_dataset
-    from .dataset import MANIFEST, Job, run, single_case
+    from .dataset import MANIFEST, Job, single_case
+    from .dataset_run import run
 
     if is_dataset(args.image):
         if args.labels:
