@@ -156,3 +156,30 @@ def test_a_bad_case_stops_the_run_with_one_line_and_keeps_finished_cases(tmp_pat
     assert sorted(p.name for p in (tmp_path / "o/.drdm_state/cases").iterdir()) == ["chest0.json", "chest1.json"]
     assert not (tmp_path / "o/imagesTr/chest2_drdm000_0000.nii.gz").exists()
     assert not (tmp_path / "o" / MANIFEST).exists()
+
+
+def test_ctrl_c_keeps_finished_cases_and_a_rerun_completes_them(nnunet, tmp_path):
+    """A real SIGINT during the run: exit 130, no staging left; rerunning gives the uninterrupted run's files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, out = nnunet
+    target = tmp_path / "o"
+    command = [sys.executable, "-m", "drdm_engine.cli", "augment", str(data), "--out", str(target), "--copy-originals",
+               *ARGS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = target / ".drdm_state/cases/chest0.json"
+    while not first.exists() and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    if process.returncode == 130:  # (on a fast machine the run may finish before the signal lands)
+        assert "rerun the same command to resume" in err
+        assert not (target / MANIFEST).exists()
+    assert not any((target / ".drdm_state/staging").rglob("*"))
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    assert {k: v for k, v in tree(target).items() if k != MANIFEST} == {k: v for k, v in tree(out).items() if k != MANIFEST}

@@ -43,7 +43,11 @@ def run_from_args(args) -> int:
     job = Job(args.samples, args.depth, args.seed, args.model, args.recovery, args.size, args.precision,
               pairs=args.pairs, copy_originals=args.copy_originals, device=args.device, workers=args.workers)
     out = Path(args.out)
-    manifest = run(dataset, job, out, args.overwrite, args.progress_lines)
+    try:
+        manifest = run(dataset, job, out, args.overwrite, args.progress_lines)
+    except KeyboardInterrupt:
+        print("drdm: interrupted; finished cases are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
     if manifest is not None:
         totals = manifest["totals"]
         print(f"drdm: wrote {totals['samples']} {manifest['mode']} samples of {totals['cases']} cases to {out}/ "
