@@ -183,3 +183,30 @@ def test_ctrl_c_keeps_finished_cases_and_a_rerun_completes_them(nnunet, tmp_path
     assert not any((target / ".drdm_state/staging").rglob("*"))
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     assert {k: v for k, v in tree(target).items() if k != MANIFEST} == {k: v for k, v in tree(out).items() if k != MANIFEST}
+
+
+def test_list_files_and_their_errors(tmp_path, capsys):
+    from drdm_engine.cases import find_cases, is_dataset
+
+    for o in range(2):
+        ct, seg = chest_case(o)
+        sitk.WriteImage(ct, str(tmp_path / f"c{o}.nii.gz"))
+        sitk.WriteImage(seg, str(tmp_path / f"c{o}_seg.nrrd"))
+    listing = tmp_path / "cases.txt"
+    listing.write_text("# image labels\nc0.nii.gz c0_seg.nrrd\n\nc1.nii.gz,c1_seg.nrrd  # second\n")
+    found = find_cases(listing)
+    assert is_dataset(listing) and [c.id for c in found.cases] == ["c0", "c1"]
+    assert found.cases[1].labels == str(tmp_path / "c1_seg.nrrd") and found.cases[0].channels == (str(tmp_path / "c0.nii.gz"),)
+    (tmp_path / "dicom").mkdir()
+    (tmp_path / "dicom/IM0001.dcm").write_bytes(b"")
+    assert not is_dataset(tmp_path / "dicom")  # a DICOM folder is one image
+    evil = tmp_path / "evil.csv"
+    evil.write_text("case,image\n../escape,c0.nii.gz\n")
+    capsys.readouterr()
+    assert augment(evil, "--out", tmp_path / "o") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
+    assert len(errors) == 1 and "cannot name files" in errors[0] and not (tmp_path / "o").exists()
+    missing = tmp_path / "missing.txt"
+    missing.write_text("c0.nii.gz\nc9.nii.gz\n")
+    assert augment(missing, "--out", tmp_path / "o") == 2
+    assert "case c9: file not found" in capsys.readouterr().err

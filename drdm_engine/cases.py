@@ -76,6 +76,10 @@ def _check(dataset: Dataset) -> Dataset:
         raise DRDMError(f"no cases found in {dataset.root}; give a folder of NIfTI/NRRD/MHA images, a .txt/.csv "
                         f"list, or an nnU-Net raw dataset folder")
     ids = [c.id for c in dataset.cases]
+    bad = [i for i in ids if not i or "/" in i or "\\" in i or i.startswith(".")]
+    if bad:
+        raise DRDMError(f"case ID {bad[0]!r} in {dataset.root} cannot name files (empty, a path, or starting "
+                        f"with '.'); rename it")
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise DRDMError(f"case IDs are not unique in {dataset.root}: {', '.join(duplicates[:5])}; rename the files")
