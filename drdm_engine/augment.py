@@ -191,6 +191,36 @@ def _as_image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     return out
 
 
+def sample_working(image: sitk.Image, model: LoadedModel | None, samples: int, depth: int, seed: int,
+                   device: torch.device = torch.device("cpu"), recovery: str = "published", size: int | None = None,
+                   precision: str = "auto", step: Callable[[int, int], None] | None = None,
+                   started: Callable[[], None] | None = None) -> tuple[torch.Tensor, WorkingGrid]:
+    """Check the settings and sample ``samples`` DRDM fields of ``image`` on its working grid, in one
+    batch: ``(samples, nd, N^nd)`` float32 on the CPU, working voxels (see :func:`generate`).
+    ``started()`` once the settings are checked; ``step(done, total)`` after each recovery step."""
+    check_settings(samples, seed, size)
+    geometry = Geometry.of(image)
+    nd = geometry.ndims
+    schedule = model.meta.schedule if model else DiffusionSchedule()
+    if not 0 <= depth < schedule.timesteps:
+        raise DRDMError(f"--depth must be in 0…{schedule.timesteps - 1}, got {depth}")
+    n = model.meta.size if model else (size or DIFFUSION_ONLY_SIZE[nd])
+    grid = WorkingGrid.fit(geometry, n)
+    working = to_working(normalise_(_array(image)[None, None]), grid).to(device)
+    generator = torch.Generator(device).manual_seed(int(seed))
+    settings = RecoverySettings(recovery, model.meta.compose_padding if model else "border",
+                                autocast=recovery_dtype(precision, device))
+    if started is not None:
+        started()
+    with torch.inference_mode():
+        ws = sample_fields(working, samples, depth, model.net if model else None, schedule, settings, generator, step)
+        composed = ws.composed.float().cpu()
+    if not bool(torch.isfinite(composed).all()):
+        raise DRDMError("the sampled deformation field is not finite (NaN/inf); rerun with --precision fp32 "
+                        "or check the model")
+    return composed, grid
+
+
 def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None, samples: int, depth: int,
              seed: int, device: torch.device = torch.device("cpu"), recovery: str = "published",
              size: int | None = None, progress: Progress | None = None,
@@ -205,21 +235,8 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     ``precision`` of the recovery network: see :func:`precision.recovery_dtype`. The same ``seed`` on
     the same CPU reproduces the same samples bit for bit.
     """
-    check_settings(samples, seed, size)
     flat = is_single_slice(image)
     plane = _in_plane(image) if flat else image
-    geometry = Geometry.of(plane)
-    nd = geometry.ndims
-    schedule = model.meta.schedule if model else DiffusionSchedule()
-    if not 0 <= depth < schedule.timesteps:
-        raise DRDMError(f"--depth must be in 0…{schedule.timesteps - 1}, got {depth}")
-    n = model.meta.size if model else (size or DIFFUSION_ONLY_SIZE[nd])
-    grid = WorkingGrid.fit(geometry, n)
-    working = to_working(normalise_(_array(plane)[None, None]), grid).to(device)
-    generator = torch.Generator(device).manual_seed(int(seed))
-    settings = RecoverySettings(recovery, model.meta.compose_padding if model else "border",
-                                autocast=recovery_dtype(precision, device))
-
     split = 0.9 if model else 0.1  # where the progress bar passes from sampling to warping and writing
 
     def report(fraction: float, text: str) -> None:
@@ -229,13 +246,8 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     def step(done: int, total: int) -> None:
         report(0.05 + (split - 0.05) * done / total, f"recovery step {done}/{total}")
 
-    report(0.02, "sampling deformations")
-    with torch.inference_mode():
-        ws = sample_fields(working, samples, depth, model.net if model else None, schedule, settings, generator, step)
-        composed = ws.composed.float().cpu()
-    if not bool(torch.isfinite(composed).all()):
-        raise DRDMError("the sampled deformation field is not finite (NaN/inf); rerun with --precision fp32 "
-                        "or check the model")
+    composed, grid = sample_working(plane, model, samples, depth, seed, device, recovery, size, precision, step,
+                                    lambda: report(0.02, "sampling deformations"))
     label_tensor = _label_array(labels.image) if labels is not None else None
     if flat and label_tensor is not None:
         label_tensor = label_tensor[0]

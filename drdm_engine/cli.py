@@ -56,12 +56,15 @@ def _augment(args: argparse.Namespace) -> int:
 
 def _run_augment(args: argparse.Namespace) -> int:
     from .augment import DIFFUSION_ONLY_SIZE, check_settings, generate, resolve_device, resolve_model
+    from .dataset_cli import run_from_args, wants_dataset
     from .export import MANIFEST, output_matcher, write_run
     from .io import check_image_info, inspect_image, is_single_slice, read_image, read_labels
     from .precision import recovery_dtype
     from .resources import check, estimate
     from .runfolder import RunFolder
 
+    if wants_dataset(args):
+        return run_from_args(args)
     if args.image is None:
         if args.labels:
             raise DRDMError("--labels needs the IMAGE they belong to: drdm augment IMAGE --labels LABELS --out DIR")
@@ -174,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run even when the estimated memory or disk exceeds what is available")
     aug.add_argument("--progress-lines", action="store_true",
                      help="print 'drdm-progress <fraction> <text>' lines on stdout instead of a bar")
+    from .dataset_cli import add_arguments
+
+    add_arguments(aug)
     aug.set_defaults(func=_augment)
 
     imp = sub.add_parser("import-checkpoint", help="convert a published RecResACNet state dict to a DRDM checkpoint")
