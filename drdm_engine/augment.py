@@ -22,7 +22,7 @@ from .geometry import Geometry, WorkingGrid, field_to_input_voxels, sample_rows,
     to_working, voxels_to_physical
 from .intensity import normalise_
 from .io import Labels, is_single_slice
-from .labels import LabelWarper
+from .labels import LabelWarper, compact_labels
 from .metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
 from .precision import recovery_dtype
 from .sampler import RecoverySettings, sample_fields
@@ -149,17 +149,6 @@ def _array(image: sitk.Image) -> torch.Tensor:
     return torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
 
 
-def _label_array(image: sitk.Image) -> torch.Tensor:
-    """Label map as uint8, int32 or (values beyond int32) int64: a full-size label map stays small and
-    every value is kept exactly."""
-    array = sitk.GetArrayFromImage(image)
-    if array.dtype == np.uint8:
-        return torch.from_numpy(array)
-    info = np.iinfo(np.int32)
-    fits = info.min <= int(array.min()) and int(array.max()) <= info.max
-    return torch.from_numpy(array.astype(np.int32 if fits else np.int64))
-
-
 def _in_plane(image: sitk.Image) -> sitk.Image:
     """The one slice of a one-slice 3D image as a 2D image (in-plane spacing; its position and direction
     are not needed here: the outputs take the 3D image's)."""
@@ -248,7 +237,7 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
 
     composed, grid = sample_working(plane, model, samples, depth, seed, device, recovery, size, precision, step,
                                     lambda: report(0.02, "sampling deformations"))
-    label_tensor = _label_array(labels.image) if labels is not None else None
+    label_tensor = compact_labels(sitk.GetArrayFromImage(labels.image)) if labels is not None else None
     if flat and label_tensor is not None:
         label_tensor = label_tensor[0]
 

@@ -19,8 +19,8 @@ from .augment import resolve_device
 from .cases import Case, Dataset
 from .dataset import STATE, Job, Layout, _Models, _record_path, process_case, write_manifest
 from .errors import DRDMError
-from .export import prepare_folder
 from .io import write_json
+from .runfolder import RunFolder, unwritable
 
 def _finished(out: Path, cases: tuple[Case, ...]) -> set[str]:
     return {c.id for c in cases if _record_path(out, c.id).is_file()}
@@ -46,8 +46,11 @@ def prepare(out: Path, dataset: Dataset, job: Job, overwrite: bool) -> bool:
             raise DRDMError(f"output folder {out} holds another dataset run ({', '.join(changed)} differ); rerun with "
                             f"the same inputs and settings to resume it, or choose another --out")
         return True
-    prepare_folder(out, overwrite)
-    (out / STATE / "cases").mkdir(parents=True, exist_ok=True)
+    RunFolder(out, overwrite, lambda name: False).check()
+    try:
+        (out / STATE / "cases").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(out, exc) from exc
     write_json(signature, run_file)
     return False
 

@@ -22,7 +22,7 @@ import torch
 
 from .augment import SLAB_VOXELS, InputField, _into_dtype, resolve_device, resolve_model, sample_working
 from .geometry import WorkingGrid, sample_rows, slab_positions, source_rows
-from .labels import LabelWarper
+from .labels import LabelWarper, compact_labels
 from .pairs import between
 
 CACHED_FIELDS = 64  # each is 12 N^3 bytes: 25 MB at a working size of 128, 3 MB at 64
@@ -60,8 +60,12 @@ def warp_arrays(sources: list[np.ndarray], labels: list[np.ndarray], field: Fiel
     shape = field.grid.input.shape
     rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
     outs = [np.empty(shape, s.dtype) for s in sources]
-    warpers = [LabelWarper(torch.from_numpy(np.ascontiguousarray(_label_dtype(l)))) for l in labels]
+    warpers = [LabelWarper(compact_labels(l)) for l in labels]
     voxels = InputField(field.working, field.grid, rows).voxels
+
+    def positions():
+        return ((start, pos) for start, _, _, pos in slab_positions(shape, voxels, rows))
+
     with torch.inference_mode():
         for start, stop, _, pos in slab_positions(shape, voxels, rows):
             lo, hi = source_rows(pos, shape[0])
@@ -70,14 +74,7 @@ def warp_arrays(sources: list[np.ndarray], labels: list[np.ndarray], field: Fiel
                 out[start:stop] = _into_dtype(sample_rows(band, pos, "bilinear", lo)[0, 0].numpy(), out.dtype)
             for warper in warpers:
                 warper.add_slab(start, stop, pos)
-    return outs, [w.result().numpy().astype(l.dtype) for w, l in zip(warpers, labels)]
-
-
-def _label_dtype(label: np.ndarray) -> np.ndarray:
-    """A label array as uint8 or int32 (what :class:`labels.LabelWarper` keeps small); values must be integers."""
-    if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
-        raise ValueError("label arrays must hold integer values")
-    return label.astype(np.uint8 if label.min() >= 0 and label.max() <= 255 else np.int32)
+    return outs, [w.result(positions).numpy().astype(l.dtype) for w, l in zip(warpers, labels)]
 
 
 class Deformer:

@@ -35,6 +35,20 @@ def label_values(labels: torch.Tensor) -> list[int]:
     return sorted(found)
 
 
+def compact_labels(array: np.ndarray) -> torch.Tensor:
+    """Label array as a uint8, int32 or (values beyond int32) int64 tensor: full-size label maps stay
+    small and every integer value is kept exactly. Refuses non-integer values (``ValueError``)."""
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise ValueError("label arrays must hold integer values")
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array))
+    low, high = int(array.min()), int(array.max())
+    if 0 <= low and high <= 255:
+        return torch.from_numpy(array.astype(np.uint8))
+    info = np.iinfo(np.int32)
+    return torch.from_numpy(array.astype(np.int32 if info.min <= low and high <= info.max else np.int64))
+
+
 def _merge_top(scores: torch.Tensor, indices: torch.Tensor, new_scores: torch.Tensor,
                new_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the ``scores.shape[1]`` largest of two ``(C, k)`` candidate lists per row."""

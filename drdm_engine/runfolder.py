@@ -83,7 +83,7 @@ def _try_lock(handle) -> bool:
     return True
 
 
-def _unwritable(out: Path, exc: OSError) -> DRDMError:
+def unwritable(out: Path, exc: OSError) -> DRDMError:
     return DRDMError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose a writable --out")
 
 
@@ -143,7 +143,7 @@ class RunFolder:
             staging.chmod(0o777 & ~umask)
         except OSError as exc:
             self.abort()
-            raise _unwritable(self.out, exc) from exc
+            raise unwritable(self.out, exc) from exc
         except DRDMError:
             self.abort()
             raise
