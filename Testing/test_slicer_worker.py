@@ -82,3 +82,25 @@ def test_worker_is_started_as_its_own_process_tree_without_a_console_window():
     assert processOptions("darwin") == {"start_new_session": True}
     flags = processOptions("win32")["creationflags"]
     assert flags & CREATE_NO_WINDOW and flags & CREATE_NEW_PROCESS_GROUP
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups and signals")
+def test_cancel_lets_the_real_engine_remove_its_staging_folder(tmp_path):
+    """Cancel sends SIGTERM first: the engine (here behind the stand-in launcher) cleans up its staging
+    folder and lock, then the group is killed. SIGKILL alone leaves a hidden staging folder behind."""
+    from DRDMSlicerLib.worker import EngineJob
+
+    sitk.WriteImage(blobImage(), str(tmp_path / "input.nrrd"))
+    out = tmp_path / "out"
+    job = EngineJob([sys.executable, LAUNCHER, sys.executable, "-m", "drdm_engine.cli", "augment",
+                     str(tmp_path / "input.nrrd"), "--out", str(out), "--samples", "40", "--size", "64",
+                     "--model", "none", "--progress-lines"], engineFolder=str(ROOT))
+    deadline = time.monotonic() + 120
+    while job.fraction == 0.0 and job.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.running(), job.log()
+    assert any(p.name.startswith(".drdm-staging-") for p in out.iterdir())
+    started = time.monotonic()
+    job.cancel()
+    assert time.monotonic() - started < 2.0
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())

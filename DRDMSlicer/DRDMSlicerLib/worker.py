@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 PROGRESS_PREFIX = "drdm-progress"
 ERROR_PREFIX = "drdm: error:"
 READER_JOIN_SECONDS = 2.0
+TERMINATE_GRACE_SECONDS = 1.0
 # Windows process creation flags (the subprocess constants exist only on Windows).
 CREATE_NEW_PROCESS_GROUP = 0x00000200
 CREATE_NO_WINDOW = 0x08000000
@@ -71,18 +73,36 @@ def processOptions(platform: str = sys.platform) -> dict:
 
 def killProcessTree(process: subprocess.Popen) -> None:
     """Kill ``process`` and every process it started (``PythonSlicer`` is a launcher whose child, the real
-    Python, shares its pipes and would survive ``process.kill()``)."""
+    Python, shares its pipes and would survive ``process.kill()``). On POSIX the group first gets SIGTERM
+    (the engine cleans up its staging folder) and, after at most ``TERMINATE_GRACE_SECONDS``, SIGKILL."""
     if sys.platform == "win32":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, creationflags=CREATE_NO_WINDOW)
         if process.poll() is None:
             process.kill()
         return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        if process.poll() is None:
-            process.kill()
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            if process.poll() is None:
+                process.kill()
+            return
+        if signum == signal.SIGTERM:
+            _awaitGroupExit(process, TERMINATE_GRACE_SECONDS)
+
+
+def _awaitGroupExit(process: subprocess.Popen, seconds: float) -> None:
+    """Wait at most ``seconds`` until no process of ``process``'s group is left (the engine removes its
+    staging folder on SIGTERM; whatever is still there afterwards gets SIGKILL)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        process.poll()
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
 
 
 class EngineJob:
