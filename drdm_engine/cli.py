@@ -115,7 +115,12 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+TRAINING_FREE = ("augment", "info", "import-checkpoint")
+
+
+def build_parser(with_training: bool = True) -> argparse.ArgumentParser:
+    """The ``drdm`` parser; ``with_training=False`` leaves out ``train``/``evaluate`` (and the import of
+    the trainer and ``torch.distributed`` they need) for a command that does not use them."""
     from .precision import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="drdm", description="DRDM: diverse, plausible deformations of one "
@@ -156,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true")
     imp.set_defaults(func=_import_checkpoint)
 
-    from .training.cli import register
+    if with_training:
+        from .training.cli import register
 
-    register(sub)
+        register(sub)
 
     info = sub.add_parser("info", help="show the engine version and the model in use")
     info.add_argument("--model", default=None)
@@ -167,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(with_training=not argv or argv[0] not in TRAINING_FREE)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
