@@ -42,10 +42,12 @@ def conv_route(x: torch.Tensor) -> str:
     ``N * C * D * H > 20480`` (``use_mkldnn`` in ATen's ``Convolution.cpp``); the 20- and 40-channel
     convolutions at 32^3 and below fall to ``slow_conv3d`` / ``slow_conv_dilated3d`` (2.5-9x slower,
     ``bench/bench_network.py``). The fast layers call oneDNN for every fp32 CPU convolution. Under CPU
-    autocast PyTorch already sends bf16 convolutions to oneDNN, and elsewhere (CUDA) it picks well."""
+    autocast PyTorch already sends bf16 convolutions to oneDNN, under ``torch.compile`` inductor picks
+    the kernels (the direct oneDNN call has no meta kernel to trace), and elsewhere (CUDA) PyTorch picks
+    well."""
     if (_FAST_LAYERS.get() and x.device.type == "cpu" and x.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu")):
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
         return "onednn"
     return "torch"
 
