@@ -40,6 +40,16 @@ def test_network_gradients_flow_in_training_mode():
     assert image.grad is not None and all(p.grad is not None for p in model.conv_out.parameters())
 
 
+def test_training_after_inference_on_the_same_grid():
+    """The cached grid constants made during an inference pass must serve a later training pass."""
+    model = _model(2)
+    image = torch.rand(1, 1, 24, 24)
+    with torch.inference_mode():
+        model(image, torch.tensor([3]))
+    model.train()(image, torch.tensor([3])).square().sum().backward()
+    assert model.conv_out.weight.grad is not None
+
+
 def test_compose_gradients_flow():
     a = torch.randn(1, 3, 6, 6, 6, requires_grad=True)
     b = torch.randn(1, 3, 6, 6, 6, requires_grad=True)

@@ -34,6 +34,13 @@ def reference_layers() -> Iterator[None]:
         _FAST_LAYERS.reset(token)
 
 
+def _fast() -> bool:
+    """Whether the fast layers run: outside :func:`reference_layers` and outside ``torch.compile``
+    tracing (inductor picks its own kernels; checked first, so that tracing never reads the context
+    variable, which it cannot)."""
+    return not torch.compiler.is_compiling() and _FAST_LAYERS.get()
+
+
 def conv_route(x: torch.Tensor) -> str:
     """Which kernel family a convolution of ``x`` takes: ``"onednn"`` (called directly) or ``"torch"``
     (PyTorch's own dispatch).
@@ -45,9 +52,9 @@ def conv_route(x: torch.Tensor) -> str:
     autocast PyTorch already sends bf16 convolutions to oneDNN, under ``torch.compile`` inductor picks
     the kernels (the direct oneDNN call has no meta kernel to trace), and elsewhere (CUDA) PyTorch picks
     well."""
-    if (_FAST_LAYERS.get() and x.device.type == "cpu" and x.dtype == torch.float32
+    if (_fast() and x.device.type == "cpu" and x.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+            and not torch.is_autocast_enabled("cpu")):
         return "onednn"
     return "torch"
 
@@ -68,6 +75,28 @@ class _FastConv:
                                                        self.groups))
 
 
+    def leaky(self, x: torch.Tensor) -> torch.Tensor:
+        """``LeakyReLU(conv(x))``; on the oneDNN route one call with the activation fused (inference only:
+        the fused kernel has no gradient)."""
+        if conv_route(x) == "onednn" and _FUSED and not torch.is_grad_enabled():
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
+                                                           self.dilation, self.groups, "leaky_relu",
+                                                           [NEGATIVE_SLOPE], "")
+        return F.leaky_relu_(self(x), NEGATIVE_SLOPE)
+
+    def plus(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``conv(x) + other``; on the oneDNN route one call with the sum fused (inference only)."""
+        if conv_route(x) == "onednn" and _FUSED and not torch.is_grad_enabled():
+            return torch.ops.mkldnn._convolution_pointwise(x, other, self.weight, self.bias, self.padding,
+                                                           self.stride, self.dilation, self.groups, "add", 1.0,
+                                                           None, [], None)
+        return self(x).add_(other)
+
+
+_FUSED = hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+"""oneDNN convolutions with fused element-wise tails (the kernels ``torch.compile`` uses on the CPU)."""
+
+
 class Conv2d(_FastConv, nn.Conv2d):
     """:class:`nn.Conv2d` with the fast-layer dispatch."""
 
@@ -84,7 +113,7 @@ class _FastInstanceNorm:
     mean is large against their spread (error 2.5 on unit-variance output, measured)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _FAST_LAYERS.get() or self.track_running_stats or not self.affine:
+        if not _fast() or self.track_running_stats or not self.affine:
             return super().forward(x)
         space = tuple(range(2, x.dim()))
         centred = x - x.mean(space, keepdim=True)
@@ -152,8 +181,7 @@ class AtrousBlock(nn.Module):
         activations and the residual sum written in place on tensors nothing else holds (fewer
         full-size allocations). Training and ``no_grad`` (the reference path) keep the published ops."""
         first, second = self.convs
-        z = second(F.leaky_relu_(first(self.act(y)), NEGATIVE_SLOPE))
-        return F.leaky_relu_(z.add_(y), NEGATIVE_SLOPE)
+        return F.leaky_relu_(second.plus(first.leaky(self.act(y)), y), NEGATIVE_SLOPE)
 
 
 def _stage(ndims: int, channels: tuple[int, ...], norm: bool) -> nn.Sequential:
