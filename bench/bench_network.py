@@ -68,6 +68,7 @@ def main() -> None:
         "forward, fast layers, fp32": lambda: forward(contextlib.nullcontext()),
     }
     if args.bf16:
+        works["forward, PyTorch's own layers, bf16 autocast"] = lambda: forward(reference_layers(), True)
         works["forward, fast layers, bf16 autocast"] = lambda: forward(contextlib.nullcontext(), True)
     print(machine())
     flop = convolution_flop(model, image, t)
