@@ -140,8 +140,8 @@ def build_parser(with_training: bool = True) -> argparse.ArgumentParser:
     aug.add_argument("--recovery", choices=("published", "from-depth"), default="published",
                      help="published: all steps T-1…0 (default); from-depth: T0…0, faster")
     aug.add_argument("--precision", choices=PRECISIONS, default="auto",
-                     help="recovery network precision: auto = bf16 where the CPU/GPU has native bf16 "
-                     "(2.5-3.5x faster in 3D, same quality as measured in bench/bench_precision.py), else fp32")
+                     help="recovery network precision: auto = bf16 on a GPU with native bf16, fp32 on the "
+                     "CPU (faster there than bf16 with the fast layers: bench/bench_network.py)")
     aug.add_argument("--size", type=int, default=None, help="working grid side in diffusion-only mode "
                      "(default 128 in 3D, 256 in 2D); a model uses its own")
     aug.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder")
