@@ -75,28 +75,6 @@ class _FastConv:
                                                        self.groups))
 
 
-    def leaky(self, x: torch.Tensor) -> torch.Tensor:
-        """``LeakyReLU(conv(x))``; on the oneDNN route one call with the activation fused (inference only:
-        the fused kernel has no gradient)."""
-        if conv_route(x) == "onednn" and _FUSED and not torch.is_grad_enabled():
-            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
-                                                           self.dilation, self.groups, "leaky_relu",
-                                                           [NEGATIVE_SLOPE], "")
-        return F.leaky_relu_(self(x), NEGATIVE_SLOPE)
-
-    def plus(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """``conv(x) + other``; on the oneDNN route one call with the sum fused (inference only)."""
-        if conv_route(x) == "onednn" and _FUSED and not torch.is_grad_enabled():
-            return torch.ops.mkldnn._convolution_pointwise(x, other, self.weight, self.bias, self.padding,
-                                                           self.stride, self.dilation, self.groups, "add", 1.0,
-                                                           None, [], None)
-        return self(x).add_(other)
-
-
-_FUSED = hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-"""oneDNN convolutions with fused element-wise tails (the kernels ``torch.compile`` uses on the CPU)."""
-
-
 class Conv2d(_FastConv, nn.Conv2d):
     """:class:`nn.Conv2d` with the fast-layer dispatch."""
 
@@ -182,7 +160,8 @@ class AtrousBlock(nn.Module):
         activations and the residual sum written in place on tensors nothing else holds (fewer
         full-size allocations). Training and ``no_grad`` (the reference path) keep the published ops."""
         first, second = self.convs
-        return F.leaky_relu_(second.plus(first.leaky(self.act(y)), y), NEGATIVE_SLOPE)
+        z = second(F.leaky_relu_(first(self.act(y)), NEGATIVE_SLOPE))
+        return F.leaky_relu_(z.add_(y), NEGATIVE_SLOPE)
 
 
 def _stage(ndims: int, channels: tuple[int, ...], norm: bool) -> nn.Sequential:
