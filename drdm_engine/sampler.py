@@ -33,10 +33,11 @@ class RecoverySettings:
     Speed levers (none changes the maths; see ``bench/README.md`` for their measured effect):
     ``inference``: run under ``torch.inference_mode`` (in-place activations in the network);
     ``fast_layers``: the network's fast layers (every fp32 CPU convolution through oneDNN, channels-last
-    throughout, instance norm as a per-channel group norm: :mod:`.network`), outputs within 1e-5 of
+    throughout, the instance norm keeping that layout: :mod:`.network`), outputs within 1e-5 of
     PyTorch's own layers; ``False`` runs PyTorch's own layers (the published ops);
     ``autocast``: ``None`` (fp32) or ``torch.float16`` / ``torch.bfloat16`` for the network on the
-    image's device (fields stay fp32); ``compile``: run the network through ``torch.compile`` (measured slower than the eager fast layers, with graph breaks).
+    image's device (fields stay fp32); ``compile``: run the network through ``torch.compile`` (measured
+    slower than the eager fast layers, with graph breaks).
     """
 
     schedule: str = "published"
