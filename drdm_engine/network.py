@@ -88,11 +88,13 @@ class _FastInstanceNorm:
     mean, then the mean square of the centred values (two passes, as accurate as PyTorch's instance
     norm), eps, per-channel affine. PyTorch's instance norm copies a channels-last input to the
     contiguous layout, and its channels-last group and batch norms lose the variance of features whose
-    mean is large against their spread (error 2.5 on unit-variance output, measured). fp32 only: a bf16
-    input (autocast) takes PyTorch's instance norm, which accumulates its statistics in fp32."""
+    mean is large against their spread (error 2.5 on unit-variance output, measured). CPU fp32 only:
+    a bf16 input (autocast; PyTorch accumulates its statistics in fp32) and a GPU take PyTorch's
+    instance norm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fast() or x.dtype != torch.float32 or self.track_running_stats or not self.affine:
+        if (not _fast() or x.device.type != "cpu" or x.dtype != torch.float32 or self.track_running_stats
+                or not self.affine):
             return super().forward(x)
         space = tuple(range(2, x.dim()))
         centred = x - x.mean(space, keepdim=True)
