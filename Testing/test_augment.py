@@ -14,7 +14,7 @@ from drdm_engine.cli import main
 from drdm_engine.errors import DRDMError
 from drdm_engine.geometry import Geometry, WorkingGrid, field_to_input_voxels, to_working
 from drdm_engine.io import read_image, read_labels, write_displacement_field
-from drdm_engine.precision import native_bf16
+from drdm_engine.precision import recovery_dtype
 
 
 def run(tmp_path, image, labels, *extra, out="out"):
@@ -156,7 +156,7 @@ def test_2d_augment_with_the_imported_published_model(tmp_path, reference, capsy
     assert code == 0
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["mode"] == "drdm" and manifest["model"]["meta"]["ndims"] == 2
-    expected = "bf16 autocast" if native_bf16(torch.device("cpu")) else "fp32"
+    expected = "bf16 autocast" if recovery_dtype("auto", torch.device("cpu")) else "fp32"
     assert manifest["settings"]["network_precision"] == expected
     assert "recovery step 4/4" in capsys.readouterr().err  # from depth 3: steps 3, 2, 1, 0
     source = sitk.ReadImage(str(slice_path))

@@ -1,13 +1,15 @@
 """Fast sampling paths against the reference path (small grids, fp32 tolerances)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from drdm_engine import fields, sampler
+from drdm_engine import fields, network, sampler
 from drdm_engine.diffusion import DiffusionSchedule, _to_image_grid, forward_fields
 from drdm_engine.network import RecResACNet
 
@@ -36,6 +38,16 @@ def test_network_gradients_flow_in_training_mode():
     image = torch.rand(1, 1, 16, 16, requires_grad=True)
     model(image, torch.tensor([3])).square().sum().backward()
     assert image.grad is not None and all(p.grad is not None for p in model.conv_out.parameters())
+
+
+def test_training_after_inference_on_the_same_grid():
+    """The cached grid constants made during an inference pass must serve a later training pass."""
+    model = _model(2)
+    image = torch.rand(1, 1, 24, 24)
+    with torch.inference_mode():
+        model(image, torch.tensor([3]))
+    model.train()(image, torch.tensor([3])).square().sum().backward()
+    assert model.conv_out.weight.grad is not None
 
 
 def test_compose_gradients_flow():
@@ -75,25 +87,61 @@ def _start(batch: int, ndims: int, side: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 @pytest.mark.parametrize("ndims, side", [(2, 32), (3, 16)])
-def test_fast_recovery_equals_reference_recovery(ndims, side):
+def test_fast_recovery_matches_reference_recovery(ndims, side):
+    """8 recovery steps of a random network amplify the fast layers' 1e-6 rounding differences (as
+    batching does: 4 vox at one 2D pixel), so the fields are compared on average."""
     image, field = _start(1, ndims, side)
     expected = _recover(sampler.REFERENCE, image, field)
-    assert torch.equal(_recover(sampler.RecoverySettings(), image, field), expected)
+    got = _recover(sampler.RecoverySettings(), image, field)
+    assert (got - expected).abs().mean() < 0.01 * expected.abs().mean()
+
+
+@pytest.mark.parametrize("ndims, side, batch", [(2, 32, 1), (3, 16, 1), (3, 16, 2)])
+def test_fast_layers_match_pytorch_layers(ndims, side, batch):
+    model = _model(ndims)
+    image = torch.rand((batch, 1) + (side,) * ndims, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([7, 3][:batch])
+    with torch.no_grad(), network.reference_layers():
+        expected = model.unet(image, t)
+    with torch.inference_mode():
+        got = model.unet(image, t)
+    assert (got - expected).abs().max() <= 1e-5
+    layout = torch.channels_last_3d if ndims == 3 else torch.channels_last
+    assert got.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fast_instance_norm_centres_features_far_from_zero(batch):
+    """Features whose mean is 300 times their spread: PyTorch's channels-last group norm gets these
+    wrong by 2.5 (of a unit-variance output); the fast norm must stay as accurate as the instance norm."""
+    norm = network.InstanceNorm3d(10, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(batch, 10, 32, 32, 32, generator=torch.Generator().manual_seed(4)) * 0.01 + 3)
+    exact = F.instance_norm(x.double(), weight=norm.weight.double(), bias=norm.bias.double()).float()
+    with torch.no_grad():
+        got = norm(x.contiguous(memory_format=torch.channels_last_3d))
+    assert (got - exact).abs().max() <= 1e-4
+
+
+def test_fast_layers_train_like_pytorch_layers():
+    model = _model(3).train()
+    image = torch.rand(1, 1, 16, 16, 16)
+    grads = []
+    for context in (network.reference_layers(), contextlib.nullcontext()):
+        model.zero_grad()
+        with context:
+            model(image, torch.tensor([3])).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
 
 
 def test_batched_recovery_matches_one_at_a_time():
     image, field = _start(3, 3, 16)
     batched = _recover(sampler.RecoverySettings(), image, field)
-    single = torch.cat([_recover(sampler.REFERENCE, image[i:i + 1], field[i:i + 1]) for i in range(3)])
+    single = torch.cat([_recover(sampler.RecoverySettings(), image[i:i + 1], field[i:i + 1]) for i in range(3)])
     assert (batched - single).abs().max() < 1e-4
-
-
-@pytest.mark.parametrize("ndims, side", [(2, 32), (3, 16)])
-def test_channels_last_recovery_matches_reference(ndims, side):
-    image, field = _start(2, ndims, side)
-    expected = _recover(sampler.REFERENCE, image, field)
-    got = _recover(replace(sampler.RecoverySettings(), channels_last=True), image, field)
-    assert (got - expected).abs().max() < 1e-4
 
 
 def test_autocast_recovery_keeps_fp32_fields():

@@ -58,12 +58,18 @@ def test_full_recovery_matches_published_statistically(published):
     (normalised) apart, as far as it ends from the published float32 result (0.048), so bitwise
     parity (1e-4) is out of reach for any implementation other than the published binary. What must
     hold: the recovered field's size, folding and the recovered image agree with the published run.
+    Run with PyTorch's own layers: a perturbation of the start field by 1e-6 of its range moves these
+    figures by more than the thresholds below (magnitude ratio 0.91-1.03, correlation 0.81-0.94 over 4
+    draws, ``notes/issue12.md``), and so do the fast layers' 1e-6 rounding differences; that the fast
+    layers compute the same network is checked at 1e-5 on the published outputs
+    (``test_published_network_parity_on_the_fast_path``).
     """
     net, data = published
     image = torch.from_numpy(data["image"])[None, None]
     start = torch.from_numpy(data["recover_ddf_rand_T48"])[None] * 256
     with torch.inference_mode():
-        composed = recover(net, image, start, range(79, -1, -1), RecoverySettings(compose_padding="zeros"))
+        settings = RecoverySettings(compose_padding="zeros", fast_layers=False)
+        composed = recover(net, image, start, range(79, -1, -1), settings)
     ref = torch.from_numpy(data["recover_ddf_comp_T48"])[None] * 256
     ours_mag, ref_mag = composed.norm(dim=1).mean(), ref.norm(dim=1).mean()
     assert abs(float(ours_mag / ref_mag) - 1) < 0.03  # 7.29 vs 7.33 voxels measured

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from drdm_engine import fields, sampler
+from drdm_engine import fields, network, sampler
 from drdm_engine.diffusion import DiffusionSchedule
 from drdm_engine.network import RecResACNet
 
@@ -94,3 +94,35 @@ def test_fast_forward_field_integrates_with_binary_exponentiation(composition_co
     sampler.sample_fields(torch.rand(1, 1, 16, 16), 2, 79, None, DiffusionSchedule(control_size=16),
                           generator=torch.Generator().manual_seed(4))
     assert len(composition_counter) <= 2 * math.ceil(math.log2(200))
+
+
+def _convolution_ops(model: RecResACNet, image: torch.Tensor) -> set[str]:
+    """Names of the ATen convolution kernels one network pass runs (profiler, no timings)."""
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model.unet(image, torch.tensor([3] * image.shape[0]))
+    wrappers = {"aten::conv2d", "aten::conv3d", "aten::convolution", "aten::_convolution",
+                "aten::conv_transpose2d", "aten::conv_transpose3d"}
+    return {e.key for e in prof.key_averages() if "conv" in e.key and e.key not in wrappers}
+
+
+@pytest.mark.parametrize("ndims, side", [(2, 16), (3, 16)])
+def test_every_fp32_convolution_runs_through_onednn(ndims, side):
+    """A batch-1 pass on a small grid: PyTorch's own dispatch sends the 3x3 convolutions to its slow
+    kernels (checked, so that the guard means something); the fast layers send all to oneDNN."""
+    torch.manual_seed(0)
+    model = RecResACNet(ndims, timesteps=6).eval()
+    image = torch.rand((1, 1) + (side,) * ndims)
+    with network.reference_layers():
+        assert any(op.startswith("aten::slow_conv") or op.startswith("aten::thnn_conv")
+                   for op in _convolution_ops(model, image))
+    assert _convolution_ops(model, image) == {"aten::mkldnn_convolution"}
+
+
+def test_convolution_route():
+    x = torch.rand(1, 20, 8, 8, 8)
+    assert network.conv_route(x) == "onednn"
+    assert network.conv_route(x.double()) == "torch"
+    with network.reference_layers():
+        assert network.conv_route(x) == "torch"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert network.conv_route(x) == "torch"

@@ -1,5 +1,14 @@
 """DRDM engine: deformation-recovery diffusion for instance-specific augmentation (no Slicer, no Qt)."""
-from .network import RecResACNet
+from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["RecResACNet", "__version__"]
+
+
+def __getattr__(name: str):
+    """``RecResACNet`` on first use: importing the package (its CLI, its errors) does not import torch."""
+    if name == "RecResACNet":
+        from .network import RecResACNet
+
+        return RecResACNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -142,7 +142,12 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+TRAINING_FREE = ("augment", "info", "import-checkpoint")
+
+
+def build_parser(with_training: bool = True) -> argparse.ArgumentParser:
+    """The ``drdm`` parser; ``with_training=False`` leaves out ``train``/``evaluate`` (and the import of
+    the trainer and ``torch.distributed`` they need) for a command that does not use them."""
     from .io import FIELD_COMPRESSION_DEFAULT
     from .precision import PRECISIONS
 
@@ -164,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--recovery", choices=("published", "from-depth"), default="published",
                      help="published: all steps T-1…0 (default); from-depth: T0…0, faster")
     aug.add_argument("--precision", choices=PRECISIONS, default="auto",
-                     help="recovery network precision: auto = bf16 where the CPU/GPU has native bf16 "
-                     "(2.5-3.5x faster in 3D, same quality as measured in bench/bench_precision.py), else fp32")
+                     help="recovery network precision: auto = bf16 on a GPU with native bf16, fp32 on the "
+                     "CPU (faster there than bf16 with the fast layers: bench/bench_network.py)")
     aug.add_argument("--size", type=int, default=None, help="working grid side in diffusion-only mode "
                      "(default 128 in 3D, 256 in 2D); a model uses its own")
     aug.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty folder "
@@ -194,9 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true")
     imp.set_defaults(func=_import_checkpoint)
 
-    from .training.cli import register
+    if with_training:
+        from .training.cli import register
 
-    register(sub)
+        register(sub)
 
     info = sub.add_parser("info", help="show the engine version and the model in use")
     info.add_argument("--model", default=None)
@@ -205,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(with_training=not argv or argv[0] not in TRAINING_FREE)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -19,8 +19,10 @@ Mode = str  # "bilinear" (linear in 2D and 3D) | "bicubic" (2D only) | "nearest"
 
 
 @lru_cache(maxsize=32)
+@torch.inference_mode(False)
 def _grid_constants(spatial: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Voxel coordinates ``(1, *spatial, nd)`` and half-extents ``(N-1)/2`` ``(nd,)``, both in xyz order."""
+    """Voxel coordinates ``(1, *spatial, nd)`` and half-extents ``(N-1)/2`` ``(nd,)``, both in xyz order.
+    Cached, so made outside inference mode whatever the caller's: autograd may use them later."""
     axes = [torch.arange(n, device=device, dtype=dtype) for n in spatial]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
     half = torch.tensor([(n - 1) / 2 for n in spatial[::-1]], device=device, dtype=dtype)
@@ -40,6 +42,7 @@ def voxel_sides(spatial: tuple[int, ...], device: torch.device, dtype: torch.dty
 
 
 @lru_cache(maxsize=32)
+@torch.inference_mode(False)
 def _cached_sides(spatial: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(spatial, device=device, dtype=dtype).view(1, -1, *([1] * len(spatial)))
 

@@ -6,6 +6,10 @@ field ``(B, nd, *spatial)`` in the published *normalised* units (voxels = side x
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +18,98 @@ from . import fields
 
 EMBED_DIM = 100
 NEGATIVE_SLOPE = 1e-6
+
+_FAST_LAYERS = contextvars.ContextVar("drdm_fast_layers", default=True)
+
+
+@contextlib.contextmanager
+def reference_layers() -> Iterator[None]:
+    """Inside this block the network runs PyTorch's own layers (the published ops and PyTorch's own
+    choice of convolution kernel); the reference path of the benches and tests. Elsewhere the fast
+    layers below run."""
+    token = _FAST_LAYERS.set(False)
+    try:
+        yield
+    finally:
+        _FAST_LAYERS.reset(token)
+
+
+def _fast() -> bool:
+    """Whether the fast layers run: outside :func:`reference_layers` and outside ``torch.compile``
+    tracing (inductor picks its own kernels; checked first, so that tracing never reads the context
+    variable, which it cannot)."""
+    return not torch.compiler.is_compiling() and _FAST_LAYERS.get()
+
+
+def conv_route(x: torch.Tensor) -> str:
+    """Which kernel family a convolution of ``x`` takes: ``"onednn"`` (called directly) or ``"torch"``
+    (PyTorch's own dispatch).
+
+    PyTorch sends a batch-1 fp32 CPU convolution with a kernel of at most 3 to oneDNN only when
+    ``N * C * D * H > 20480`` (``use_mkldnn`` in ATen's ``Convolution.cpp``); the 20- and 40-channel
+    convolutions at 32^3 and below fall to ``slow_conv3d`` / ``slow_conv_dilated3d`` (2.5-9x slower,
+    ``bench/bench_network.py``). The fast layers call oneDNN for every fp32 CPU convolution. Under CPU
+    autocast PyTorch already sends bf16 convolutions to oneDNN, under ``torch.compile`` inductor picks
+    the kernels (the direct oneDNN call has no meta kernel to trace), and elsewhere (CUDA) PyTorch picks
+    well."""
+    if (_fast() and x.device.type == "cpu" and x.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu")):
+        return "onednn"
+    return "torch"
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the channels-last layout of its rank (oneDNN's fastest layout for these convolutions)."""
+    return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+
+
+class _FastConv:
+    """Convolution whose fp32 CPU calls go to oneDNN whatever their size (:func:`conv_route`), output
+    kept channels-last; the same parameters, names and maths as the PyTorch layer."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if conv_route(x) != "onednn" or self.padding_mode != "zeros":
+            return super()._conv_forward(x, weight, bias)
+        return _channels_last(torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation,
+                                                       self.groups))
+
+
+class Conv2d(_FastConv, nn.Conv2d):
+    """:class:`nn.Conv2d` with the fast-layer dispatch."""
+
+
+class Conv3d(_FastConv, nn.Conv3d):
+    """:class:`nn.Conv3d` with the fast-layer dispatch."""
+
+
+class _FastInstanceNorm:
+    """Instance norm that, in the fast layers, keeps the channels-last layout: per-sample, per-channel
+    mean, then the mean square of the centred values (two passes, as accurate as PyTorch's instance
+    norm), eps, per-channel affine. PyTorch's instance norm copies a channels-last input to the
+    contiguous layout, and its channels-last group and batch norms lose the variance of features whose
+    mean is large against their spread (error 2.5 on unit-variance output, measured). CPU fp32 only:
+    a bf16 input (autocast; PyTorch accumulates its statistics in fp32) and a GPU take PyTorch's
+    instance norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not _fast() or x.device.type != "cpu" or x.dtype != torch.float32 or self.track_running_stats
+                or not self.affine):
+            return super().forward(x)
+        space = tuple(range(2, x.dim()))
+        centred = x - x.mean(space, keepdim=True)
+        variance = centred.square().mean(space, keepdim=True)
+        per_channel = (1, -1) + (1,) * len(space)
+        scale = torch.rsqrt(variance.add_(self.eps)) * self.weight.view(per_channel)
+        return torch.addcmul(self.bias.view(per_channel), centred, scale)
+
+
+class InstanceNorm2d(_FastInstanceNorm, nn.InstanceNorm2d):
+    """:class:`nn.InstanceNorm2d` with the fast-layer variant."""
+
+
+class InstanceNorm3d(_FastInstanceNorm, nn.InstanceNorm3d):
+    """:class:`nn.InstanceNorm3d` with the fast-layer variant."""
 
 
 def sinusoidal_table(timesteps: int, dim: int = EMBED_DIM) -> torch.Tensor:
@@ -28,7 +124,7 @@ def sinusoidal_table(timesteps: int, dim: int = EMBED_DIM) -> torch.Tensor:
 
 
 def _conv(ndims: int) -> type[nn.Module]:
-    return nn.Conv2d if ndims == 2 else nn.Conv3d
+    return Conv2d if ndims == 2 else Conv3d
 
 
 def _conv_transpose(ndims: int) -> type[nn.Module]:
@@ -36,7 +132,7 @@ def _conv_transpose(ndims: int) -> type[nn.Module]:
 
 
 def _norm(ndims: int) -> type[nn.Module]:
-    return nn.InstanceNorm2d if ndims == 2 else nn.InstanceNorm3d
+    return InstanceNorm2d if ndims == 2 else InstanceNorm3d
 
 
 class AtrousBlock(nn.Module):

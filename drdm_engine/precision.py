@@ -39,10 +39,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def recovery_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype of the recovery network for ``--precision``: ``fp32`` -> ``None``; ``bf16`` ->
-    bf16; ``auto`` -> bf16 where native (measured 2.5-3.5x per 3D step on an AVX512-BF16 CPU, 1.4x in
-    2D, fields as close to fp32 as fp32's own rounding noise: ``bench/bench_precision.py``), else fp32."""
+    bf16; ``auto`` -> bf16 on a CUDA GPU with native bf16, fp32 on every CPU: with the network's fast
+    layers (every convolution through oneDNN, channels-last) fp32 ran 2.0-2.2x faster than bf16
+    autocast per 3D 64^3 forward and 1.8-2.0x per 2D 256^2 one on an Intel Xeon with AVX512-BF16
+    (``bench/bench_network.py --bf16``), and it is the faithful path. (bf16 had been 3.3x faster than
+    PyTorch's own fp32 layers on an AMD EPYC with AVX512-BF16; not re-measured against the fast layers.)"""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32" or (precision == "auto" and not native_bf16(device)):
+    if precision == "fp32" or (precision == "auto" and not (device.type == "cuda" and native_bf16(device))):
         return None
     return torch.bfloat16

@@ -1,0 +1,93 @@
+"""One RecResACNet forward (rec_num 2) against the machine's fp32 matmul rate, measured side by side:
+PyTorch's own layers (the published ops and PyTorch's own kernel choice) vs the fast layers (every
+convolution through oneDNN, channels-last throughout), fp32 and, with ``--bf16``, bf16 autocast.
+
+The rate is the convolutions' arithmetic (2 x multiply-adds, counted from the layers' shapes) over the
+wall time of the whole forward; the peak is a 4096 x 4096 fp32 ``torch.mm`` timed in the same
+round-robin.
+
+    PYTHONPATH=.:bench python bench/bench_network.py --case 3d64 [--repeats 3] [--bf16] [--batch 1]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+from torch import nn
+
+from drdm_engine.network import RecResACNet, reference_layers
+from timing import machine, measure, row
+
+CASES = {"3d64": (3, 64), "2d256": (2, 256), "3d128": (3, 128)}
+MATMUL_SIDE = 4096
+
+
+def convolution_flop(model: RecResACNet, image: torch.Tensor, t: torch.Tensor) -> int:
+    """Floating-point operations (2 per multiply-add) of every convolution of one forward."""
+    total = 0
+
+    def count(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        w = module.weight
+        if isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            total += 2 * args[0].numel() * w[0].numel()
+        else:
+            total += 2 * out.numel() * w[0].numel()
+
+    kinds = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    with torch.inference_mode():
+        model(image, t)
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=sorted(CASES), default="3d64")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true", help="also time the fast layers under bf16 autocast")
+    args = parser.parse_args()
+    ndims, size = CASES[args.case]
+    torch.manual_seed(0)
+    model = RecResACNet(ndims).eval()
+    image = torch.rand((args.batch, 1) + (size,) * ndims)
+    t = torch.full((args.batch,), 79)
+    a, b = torch.rand(MATMUL_SIDE, MATMUL_SIDE), torch.rand(MATMUL_SIDE, MATMUL_SIDE)
+
+    def forward(layers: contextlib.AbstractContextManager, autocast: bool = False) -> torch.Tensor:
+        with torch.inference_mode(), layers, torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            return model(image, t)
+
+    works = {
+        "fp32 matmul 4096^3 (peak)": lambda: torch.mm(a, b),
+        "forward, PyTorch's own layers, fp32": lambda: forward(reference_layers()),
+        "forward, fast layers, fp32": lambda: forward(contextlib.nullcontext()),
+    }
+    if args.bf16:
+        works["forward, PyTorch's own layers, bf16 autocast"] = lambda: forward(reference_layers(), True)
+        works["forward, fast layers, bf16 autocast"] = lambda: forward(contextlib.nullcontext(), True)
+    print(machine())
+    flop = convolution_flop(model, image, t)
+    print(f"{args.case}, batch {args.batch}: {flop / 1e9:.1f} GFLOP of convolutions per forward (rec_num 2); "
+          f"{args.repeats} repeats, round-robin (median)")
+    for work in works.values():
+        work()  # warm-up: oneDNN primitive creation, allocator
+    times = measure(works, args.repeats)
+    peak = 2 * MATMUL_SIDE ** 3 / times["fp32 matmul 4096^3 (peak)"][0]
+    baseline = times["forward, PyTorch's own layers, fp32"][0]
+    print(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    for label, (seconds, spread) in times.items():
+        if label.startswith("forward"):
+            rate = flop / seconds
+            print(row(label, seconds, spread, baseline) + f"  {rate / 1e9:6.1f} GFLOP/s = {100 * rate / peak:4.1f} % of peak")
+    reference, fast = forward(reference_layers()), forward(contextlib.nullcontext())
+    print(f"max |fast - PyTorch's layers| fp32: {(fast - reference).abs().max():.2e} "
+          f"(output max |value| {reference.abs().max():.3f}, normalised units)")
+
+
+if __name__ == "__main__":
+    main()
