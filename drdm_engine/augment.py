@@ -22,6 +22,7 @@ from .intensity import normalise_
 from .io import Labels
 from .labels import LabelWarper
 from .metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
+from .model_zoo import resolve_name
 from .precision import recovery_dtype
 from .sampler import RecoverySettings, sample_fields
 
@@ -41,7 +42,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_model(model: str | None, ndims: int, device: torch.device) -> LoadedModel | None:
     """``None``/``"default"``: the bundled model when it fits ``ndims`` (else diffusion only);
-    ``"none"``: diffusion only; anything else: a checkpoint path."""
+    ``"none"``: diffusion only; a bundled model's name (``drdm_engine.model_zoo``); anything else: a path."""
     if model is not None and model.lower() == "none":
         return None
     if model is None or model == "default":
@@ -49,7 +50,7 @@ def resolve_model(model: str | None, ndims: int, device: torch.device) -> Loaded
             return None
         loaded = load_checkpoint(DEFAULT_MODEL, device=device)
         return loaded if loaded.meta.ndims == ndims else None
-    return load_checkpoint(model, ndims=ndims, device=device)
+    return load_checkpoint(resolve_name(model), ndims=ndims, device=device)
 
 
 @dataclass
