@@ -192,7 +192,7 @@ def test_gpu_session_script_dry_run_without_simpleitk(tmp_path):
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_SIMPLEITK.split("from drdm_engine")[0])
     out = tmp_path / "out"
     env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "DRDM_GPU_DRYRUN": "1", "PYTHON": sys.executable,
-           "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1"}
+           "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1", "DRDM_GPU_BUDGET_S": "1"}
     done = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     report = __import__("json").loads((out / "gpu_session.json").read_text())

@@ -19,7 +19,9 @@ Needs only torch, numpy, pyyaml, tqdm (no SimpleITK): the data travel as the cac
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import platform
 import sys
 import time
@@ -167,7 +169,7 @@ def _trainer_step(s: Session) -> dict:
     terms, _ = trainer.train_step()
     values = terms.as_floats()
     return {"amp_dtype": str(trainer.amp_dtype), "memory_format": str(trainer.memory_format),
-            "finite": all(map(lambda x: x == x and abs(x) != float("inf"), values.values())), **values}
+            "finite": all(math.isfinite(v) for v in values.values()), **values}
 
 
 # --- (b) timings -----------------------------------------------------------------------------------
@@ -255,7 +257,6 @@ def _sample_folding(s: Session, net: RecResACNet, schedule: DiffusionSchedule,
 
 
 def _read_csv(path: Path) -> list[dict]:
-    import csv
     return list(csv.DictReader(path.open())) if path.is_file() else []
 
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -33,7 +34,6 @@ def held_out_images(args: argparse.Namespace, size: int) -> torch.Tensor:
         _, held = load_cache(args.cache, size)
         parts.append(held.volumes[::args.every])
     if args.images:
-        from pathlib import Path
         parts.append(load_volumes([Path(p) for p in args.images], size).volumes)
     return torch.cat(parts)
 
