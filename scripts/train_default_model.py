@@ -113,7 +113,7 @@ def measure(work: Path, samples: int, threads: int) -> dict:
     wall = json.loads((work / "wall_time.json").read_text())["seconds"]
     result = {"steps": training["step"], "wall_seconds": wall, "recovery_error": report, "samples": stats,
               "samples_per_depth": samples, "validation": [p.name for p in paths], "meta": model.meta.notes,
-              "trained_on": model.meta.trained_on, "hardware": f"{platform.processor() or platform.machine()} "
+              "trained_on": model.meta.trained_on, "amplitude": model.meta.schedule.gain(SIZE), "hardware": f"{platform.processor() or platform.machine()} "
               f"CPU, {threads} torch thread(s), torch {torch.__version__}"}
     (work / "measurements.json").write_text(json.dumps(result, indent=2))
     return result
@@ -143,7 +143,8 @@ def write_card(result: dict, path: Path) -> None:
     path.write_text(CARD.format(verdict=verdict(result), steps=result["steps"], minutes=result["wall_seconds"] / 60,
                                 hardware=result["hardware"], trained_on=result["trained_on"],
                                 validation=", ".join(result["validation"]), buckets=buckets,
-                                samples="\n".join(rows), per_depth=result["samples_per_depth"]))
+                                samples="\n".join(rows), per_depth=result["samples_per_depth"],
+                                warmup=result["meta"].get("warmup_steps", 0), amplitude=result.get("amplitude", 1.0)))
 
 
 CARD = """# drdm_default_3d.pt: the bundled default 3D DRDM model
@@ -167,8 +168,9 @@ downstream task, not suitable for research conclusions. For real use, train on y
   resized crop 0.6–1 p = 0.8, intensity clamp/gain/offset).
 
 ## Settings
-Adam lr 1e-4, batch 1, loss MRSE + cosine + 10 × Reg with the true Jacobian folding penalty
-(weight 2 inside Reg), published forward schedule (v_scale 4e-5, control grid 64, amplitude N/S),
+Adam lr 1e-4 after a {warmup}-step warm-up from 1e-5, batch 1, t >= 1, near-zero output init, loss MRSE +
+cosine (the published true cosine) + 10 × Reg with the true Jacobian folding penalty (weight 2 inside
+Reg), published forward schedule (v_scale 4e-5, control grid 64) with gain {amplitude:g} (spec 2.5),
 fast (binary exponentiation) forward integrator, fp32. Wall time {minutes:.0f} min on {hardware}
 (machine shared with other jobs). Reproduce: `python scripts/train_default_model.py --work WORK
 --steps {steps} --threads 1` (needs `apt-get install mricron-data`).

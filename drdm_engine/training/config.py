@@ -20,7 +20,8 @@ INTEGRATORS = ("fast", "sequential")
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (defaults: the published 3D recipe at a CPU-friendly size)."""
+    """Settings of one training run (defaults: the published 3D recipe at a CPU-friendly size, with the
+    recipe of issue 10: batch 4, learning-rate warm-up, amplitude 2 for fresh models)."""
 
     data: list[str] = field(default_factory=list)
     """Training volumes: folders (searched recursively), image files, or list files (one path a line)."""
@@ -32,9 +33,17 @@ class TrainConfig:
     """Working grid side N (divisible by 8); every volume is mapped to an N^nd grid."""
     steps: int = 1000
     """Total optimiser steps of the run (a resumed run continues up to this number)."""
-    batch_size: int = 1
+    time_limit: float = 0.0
+    """Stop after this many seconds of training (0: no limit), then validate and save as at the end."""
+    batch_size: int = 4
     """Samples per step and process."""
     lr: float = 1e-4
+    """Adam learning rate after the warm-up."""
+    warmup_steps: int = 500
+    """Steps of linear learning-rate warm-up from ``warmup_lr`` to ``lr`` (0: none). Also protects a
+    fine-tuned model from a fresh Adam's first large steps."""
+    warmup_lr: float = 1e-5
+    """Learning rate of the first step of the warm-up."""
     reg_weight: float = 10.0
     """Weight of Reg in MRSE + cosine + reg_weight * Reg (published: 10)."""
     fold_weight: float = 2.0
@@ -61,7 +70,8 @@ class TrainConfig:
     integrator: str = "fast"
     """Forward-field integrator: ``fast`` (binary exponentiation) or ``sequential`` (published)."""
     amplitude: float | None = None
-    """Control-to-image field gain (None: the published N / S)."""
+    """Control-to-image field gain. None: 2 (the geometric crop rate, spec 2.5) for a fresh model; the
+    source model's own (published imports: N / S) for fine-tune and resume. A number forces it."""
     v_scale: float = 4e-5
     control_size: int = 64
     noise_ratio: float = 0.08
@@ -80,7 +90,7 @@ class TrainConfig:
         require_side("size", self.size)
         require_seed("seed", self.seed)
         require_int("control_size", self.control_size, 8, MAX_SIDE)
-        for name in ("lr", "v_scale"):
+        for name in ("lr", "warmup_lr", "v_scale"):
             require_number(name, getattr(self, name))
         for name in ("reg_weight", "fold_weight", "noise_ratio"):
             require_number(name, getattr(self, name), positive=False)
@@ -89,7 +99,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "validation_samples", "buckets"):
             if getattr(self, name) < 1:
                 raise DRDMError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("holdout", "validate_every", "threads"):
+        for name in ("holdout", "validate_every", "threads", "warmup_steps", "time_limit"):
             if getattr(self, name) < 0:
                 raise DRDMError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.integrator not in INTEGRATORS:
@@ -102,6 +112,13 @@ class TrainConfig:
             raise DRDMError("give either resume (continue the run in out) or overwrite (replace it), not both")
         if not self.data:
             raise DRDMError("no training data: give data (folders, files or list files)")
+
+    def learning_rate(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based): linear from ``warmup_lr`` at step 0 to
+        ``lr`` at step ``warmup_steps``, then ``lr``."""
+        if step >= self.warmup_steps:
+            return self.lr
+        return self.warmup_lr + (self.lr - self.warmup_lr) * step / self.warmup_steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,6 +3,12 @@
 A cached volume is ``(1, N^nd)`` float32 in [0, 1] (robust percentiles, then resampled onto the
 working grid of :class:`~drdm_engine.geometry.WorkingGrid`, zero outside the input), exactly as
 ``drdm augment`` sees an input.
+
+A *volume cache file* (``.pt``, written by :func:`save_cache`, e.g. by ``scripts/build_volume_cache.py``)
+holds such volumes already on the working grid as uint8, with their subjects, sources, licences and
+which subjects are held out. Reading it needs neither SimpleITK nor the image files (image files are
+read through a lazy import of :mod:`drdm_engine.io`), so training from a cache runs where SimpleITK is
+not installed.
 """
 from __future__ import annotations
 
@@ -10,18 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from ..errors import DRDMError
 from ..geometry import Geometry, WorkingGrid, to_working
 from ..intensity import normalise_
-from ..io import IMAGE_SUFFIXES, read_image, suffix_of
+
+CACHE_FORMAT = "drdm-volume-cache"
+CACHE_SUFFIX = ".pt"
 
 FORMATS = "NIfTI/NRRD/MHA"
 
 
 def _is_image(path: Path) -> bool:
+    from ..io import IMAGE_SUFFIXES, suffix_of
+
     return suffix_of(path) in IMAGE_SUFFIXES
 
 
@@ -64,6 +74,10 @@ def find_volumes(sources: Sequence[str]) -> list[Path]:
 
 def load_working_volume(path: Path, size: int) -> torch.Tensor:
     """One volume normalised to [0, 1] and resampled onto its working grid: ``(1, size^nd)``."""
+    import SimpleITK as sitk
+
+    from ..io import read_image
+
     image = read_image(path)
     grid = WorkingGrid.fit(Geometry.of(image), size)
     array = torch.from_numpy(sitk.GetArrayFromImage(image)).float()[None, None]
@@ -76,6 +90,7 @@ class VolumeSet:
 
     volumes: torch.Tensor
     paths: list[Path]
+    """Files (or, from a cache file, the volumes' names)."""
 
     @property
     def ndims(self) -> int:
@@ -112,3 +127,51 @@ def split_sources(data: Sequence[str], validation: Sequence[str], holdout: int) 
     if not train:
         raise DRDMError("every training volume is also a validation volume; give separate data")
     return train, held
+
+
+def is_cache(source: str | Path) -> bool:
+    """Whether ``source`` names a volume cache file (an existing ``.pt`` file)."""
+    path = Path(source)
+    return path.suffix == CACHE_SUFFIX and path.is_file()
+
+
+def save_cache(path: str | Path, volumes: torch.Tensor, names: Sequence[str], subjects: Sequence[str],
+               held_out: Sequence[bool], sources: Sequence[dict]) -> None:
+    """Write volumes ``(V, 1, N^nd)`` in [0, 1] as one uint8 cache file, with per volume its name, subject
+    and held-out flag, and the list of ``sources`` (file, package, licence)."""
+    if not (len(volumes) == len(names) == len(subjects) == len(held_out)):
+        raise ValueError("volumes, names, subjects and held_out differ in length")
+    payload = {"format": CACHE_FORMAT, "format_version": 1, "size": int(volumes.shape[-1]),
+               "ndims": volumes.dim() - 2,
+               "volumes": (volumes.clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
+               "names": list(names), "subjects": list(subjects), "held_out": [bool(h) for h in held_out],
+               "sources": [dict(s) for s in sources]}
+    torch.save(payload, Path(path))
+
+
+def read_cache(path: str | Path) -> dict:
+    """The cache file's payload (``weights_only`` load); refuses other files with one line."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign files
+        raise DRDMError(f"cannot read {path} as a volume cache file ({type(exc).__name__}); "
+                        f"build one with scripts/build_volume_cache.py") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+        raise DRDMError(f"{path} is not a volume cache file; build one with scripts/build_volume_cache.py")
+    return payload
+
+
+def load_cache(path: str | Path, size: int) -> tuple[VolumeSet, VolumeSet]:
+    """Training and held-out volumes of a cache file, float32 in [0, 1], resampled (linear) to ``size``
+    when the cache holds another side."""
+    payload = read_cache(path)
+    volumes = payload["volumes"].float() / 255
+    if volumes.shape[-1] != size:
+        mode = "bilinear" if volumes.dim() == 4 else "trilinear"
+        volumes = F.interpolate(volumes, size=(size,) * (volumes.dim() - 2), mode=mode, align_corners=False)
+    held = torch.tensor(payload["held_out"], dtype=torch.bool)
+    names = [Path(n) for n in payload["names"]]
+    train = VolumeSet(volumes[~held], [n for n, h in zip(names, held) if not h])
+    if not len(train):
+        raise DRDMError(f"{path} holds no training volume (all are held out)")
+    return train, VolumeSet(volumes[held], [n for n, h in zip(names, held) if h])

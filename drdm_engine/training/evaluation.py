@@ -3,8 +3,10 @@
 For held-out volume ``v``, step ``t`` and draw ``k``, the fields come from a generator seeded with
 ``(seed, v, t, k)`` (wrapped into 64 bits), so two models are scored on the same deformations. The
 error is the MRSE of ``q = warp(p, F_clean)`` against ``F_clean`` (0: perfect recovery; 1: predicting
-no motion).
-``t = 0`` is left out: its target is the zero field, where MRSE is undefined.
+no motion);
+:func:`recovery_metrics` adds the cosine of ``q`` and ``F_clean`` (-1: exact direction) and the
+ratio ``|q| / |F_clean|`` (RMS lengths; 1: the right size), since MRSE is heavy-tailed where the
+target is near zero. ``t = 0`` is left out: its target is the zero field, where MRSE is undefined.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from ..diffusion import DiffusionSchedule, diffuse, forward_fields
 from ..limits import sub_seed
 from ..network import RecResACNet
-from .losses import compose_with_target, mrse_per_sample
+from .losses import compose_with_target, cosine_per_sample, magnitude_ratio_per_sample, mrse_per_sample
 
 SEED_STRIDE = 1_000_003
 
@@ -50,20 +52,22 @@ def _generator(seed: int, volume: int, t: int, draw: int, device: torch.device) 
     return generator
 
 
-@torch.no_grad()
-def recovery_error(net: RecResACNet, volumes: torch.Tensor, schedule: DiffusionSchedule, buckets: list[Bucket],
-                   samples: int = 2, seed: int = 0) -> dict[str, float]:
-    """Mean recovery error per bucket label for ``volumes`` ``(V, C, N^nd)`` on the network's device.
+METRICS = ("mrse", "cosine", "ratio")
 
-    Each bucket averages ``samples`` steps per volume, one deformation each.
-    """
+
+@torch.no_grad()
+def recovery_metrics(net: RecResACNet, volumes: torch.Tensor, schedule: DiffusionSchedule, buckets: list[Bucket],
+                     samples: int = 2, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per bucket label, the mean ``mrse``, ``cosine`` and ``ratio`` (``|q| / |F_clean|``) for
+    ``volumes`` ``(V, C, N^nd)`` on the network's device. Each bucket averages ``samples`` steps per
+    volume, one deformation each."""
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
     nd, size = volumes.dim() - 2, volumes.shape[2]
     report = {}
     for bucket in buckets:
-        errors = []
+        scores = {name: [] for name in METRICS}
         for v in range(volumes.shape[0]):
             image = volumes[v:v + 1].to(device)
             for k, step in enumerate(bucket_steps(bucket, samples)):
@@ -71,7 +75,16 @@ def recovery_error(net: RecResACNet, volumes: torch.Tensor, schedule: DiffusionS
                 full, clean = forward_fields(t, nd, size, schedule, _generator(seed, v, step, k, device))
                 p = net(diffuse(image, full), t).float()
                 sides = torch.tensor(p.shape[2:], dtype=p.dtype, device=device).view(1, nd, *([1] * nd))
-                errors.append(mrse_per_sample(compose_with_target(p, clean), clean / sides))
-        report[bucket.label] = float(torch.cat(errors).mean())
+                q, c = compose_with_target(p, clean), clean / sides
+                scores["mrse"].append(mrse_per_sample(q, c))
+                scores["cosine"].append(cosine_per_sample(q, c))
+                scores["ratio"].append(magnitude_ratio_per_sample(q, c))
+        report[bucket.label] = {name: float(torch.cat(values).mean()) for name, values in scores.items()}
     net.train(was_training)
     return report
+
+
+def recovery_error(net: RecResACNet, volumes: torch.Tensor, schedule: DiffusionSchedule, buckets: list[Bucket],
+                   samples: int = 2, seed: int = 0) -> dict[str, float]:
+    """Mean recovery error (MRSE) per bucket label; see :func:`recovery_metrics`."""
+    return {label: m["mrse"] for label, m in recovery_metrics(net, volumes, schedule, buckets, samples, seed).items()}

@@ -14,6 +14,8 @@ from .. import fields
 
 EPS = 1e-7
 GRADIENT_THRESHOLD = 1e-4
+COSINE_SCALE = 1e5
+COSINE_EPS = 1e-4
 
 
 def _sides(field: torch.Tensor) -> torch.Tensor:
@@ -29,10 +31,29 @@ def mrse_per_sample(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return ratio.flatten(1).mean(1)
 
 
+def cosine_per_sample(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Mean over voxels of the cosine between ``q`` and ``c`` ``(B, nd, *spatial)``, ``(B,)``; -1 when
+    ``q`` opposes ``c``. As published, both fields are scaled by 1e5 before ``eps = 1e-4`` enters:
+    ``q'·c' / sqrt(|q'|^2 |c'|^2 + 1e-4)``, a true cosine for normalised fields (|c| ~ 1e-3), not ~0."""
+    qs, cs = q * COSINE_SCALE, c * COSINE_SCALE
+    dot = (qs * cs).sum(1)
+    return (dot / torch.sqrt(qs.square().sum(1) * cs.square().sum(1) + COSINE_EPS)).flatten(1).mean(1)
+
+
 def cosine(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Mean over voxels and batch of ``q·c / sqrt(|q|^2 |c|^2 + 1e-7)``: -1 when ``q`` opposes ``c``."""
-    dot = (q * c).sum(1)
-    return (dot / torch.sqrt(q.square().sum(1) * c.square().sum(1) + EPS)).mean()
+    """Mean over voxels and batch of :func:`cosine_per_sample`."""
+    return cosine_per_sample(q, c).mean()
+
+
+def magnitude_ratio_per_sample(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """RMS length of ``q`` over RMS length of ``c``, ``(B,)``: 1 when the prediction has the target's
+    size, 0 for "no motion", > 1 for overshoot (MRSE alone hides which)."""
+    return _rms(q) / _rms(c).clamp_min(1e-12)
+
+
+def _rms(field: torch.Tensor) -> torch.Tensor:
+    """Root mean square over voxels of the vector length, ``(B,)``."""
+    return field.square().sum(1).flatten(1).mean(1).sqrt()
 
 
 def gradient_penalty(p: torch.Tensor, threshold: float = GRADIENT_THRESHOLD) -> torch.Tensor:

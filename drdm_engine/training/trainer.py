@@ -1,7 +1,9 @@
 """The DRDM training loop (spec section 4) with checkpoints, resume, validation, logs and DDP.
 
-Per step and sample: ``t ~ U{0..T-1}``; input ``warp(x0, F_full(t))``; target ``F_clean(t)``;
-prediction ``p = net(input, t)`` (normalised); loss from :func:`losses.recovery_loss`; Adam.
+Per step and sample: ``t ~ U{1..T-1}`` (``t = 0`` has a zero target); input ``warp(x0, F_full(t))``;
+target ``F_clean(t)``; prediction ``p = net(input, t)`` (normalised); loss from
+:func:`losses.recovery_loss`; Adam with a linear learning-rate warm-up
+(:meth:`TrainConfig.learning_rate`). On CUDA: bf16 autocast and channels-last memory.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from ..precision import mixed_precision_dtype
 from . import distributed
 from .augment import augment
 from .config import TrainConfig
-from .data import VolumeSet, load_volumes, split_sources
-from .evaluation import buckets_for, recovery_error
+from .data import VolumeSet, is_cache, load_cache, load_volumes, split_sources
+from .evaluation import METRICS, buckets_for, recovery_metrics
 from .losses import LossTerms, recovery_loss
 from .model_setup import meta_for, starting_network
 from .run_folder import check_run_folder, open_run_folder
@@ -63,7 +65,11 @@ class TrainingData:
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
-    """Find and cache every volume (errors surface here, before any training)."""
+    """Find and cache every volume (errors surface here, before any training). A volume cache file
+    (``scripts/build_volume_cache.py``) as the only ``data`` brings its own held-out subjects."""
+    if len(config.data) == 1 and is_cache(config.data[0]):
+        train, held = load_cache(config.data[0], config.size)
+        return TrainingData(train, held if len(held) else None)
     train_paths, held_paths = split_sources(config.data, config.validation, config.holdout)
     train = load_volumes(train_paths, config.size)
     held = load_volumes(held_paths, config.size) if held_paths else None
@@ -98,14 +104,16 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.data = data if data is not None else load_training_data(config)
         self.ndims = self.data.train.ndims
-        net, training = starting_network(config, self.ndims)
+        net, training, source_meta = starting_network(config, self.ndims)
         self.group = distributed.start(self.device)
-        self.model: RecResACNet = net.to(self.device)
+        self.memory_format = _memory_format(self.device, self.ndims)
+        self.model: RecResACNet = net.to(self.device, memory_format=self.memory_format)
         self.net = self._wrap(self.model)
-        self.meta = meta_for(config, self.ndims, self._describe_data())
+        self.meta = meta_for(config, self.ndims, self._describe_data(), source_meta)
         self.schedule: DiffusionSchedule = self.meta.schedule
         self.integrator = fields.power if config.integrator == "fast" else fields.power_sequential
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
+                                          lr=config.learning_rate(0))
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         seed = sub_seed(config.seed + RANK_SEED_STRIDE * self.group.rank)
@@ -119,10 +127,11 @@ class Trainer:
             open_run_folder(self.out, RUN_FILES, config.overwrite)
         self.train_log = _CsvLog(self.out / LOG_NAME, ["step", "t_mean", "total", "mrse", "cosine", "gradient",
                                                         "folding", "samples_per_s"])
-        self.validation_log = _CsvLog(self.out / VALIDATION_NAME, ["step", "bucket", "recovery_error"])
+        self.validation_log = _CsvLog(self.out / VALIDATION_NAME, ["step", "bucket", "recovery_error", "cosine",
+                                                                   "ratio"])
 
     def _describe_data(self) -> str:
-        names = [p.name for p in self.data.train.paths]
+        names = [Path(p).name for p in self.data.train.paths]
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
         return f"{len(names)} volumes: {shown}"
 
@@ -176,7 +185,8 @@ class Trainer:
         if not self.group.main:
             return None
         self.meta.notes = {"steps": self.step, "batch_size": self.config.batch_size,
-                           "world_size": self.group.world_size, "lr": self.config.lr}
+                           "world_size": self.group.world_size, "lr": self.config.lr,
+                           "warmup_steps": self.config.warmup_steps, "warmup_lr": self.config.warmup_lr}
         training = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                     "rng": rng, "weights_digest_per_rank": digests, "config": self.config.to_dict()}
@@ -192,12 +202,12 @@ class Trainer:
         x0 = volumes[index]
         if self.config.augment:
             x0 = augment(x0, self.sample_generator)
-        t = torch.randint(self.schedule.timesteps, (self.config.batch_size,), generator=self.sample_generator)
+        t = torch.randint(1, self.schedule.timesteps, (self.config.batch_size,), generator=self.sample_generator)
         x0, t = x0.to(self.device), t.to(self.device)
         with torch.no_grad():
             full, clean = forward_fields(t, self.ndims, self.config.size, self.schedule, self.field_generator,
                                          self.integrator)
-            moved = diffuse(x0, full)
+            moved = diffuse(x0, full).contiguous(memory_format=self.memory_format)
         return moved, t, clean
 
     def train_step(self) -> tuple[LossTerms, torch.Tensor]:
@@ -210,6 +220,8 @@ class Trainer:
                               self.config.compose_padding)
         if not torch.isfinite(terms.total):
             raise DRDMError(f"loss became {float(terms.total)} at step {self.step + 1}; lower --lr or check the data")
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.step(self.optimizer)
@@ -218,19 +230,27 @@ class Trainer:
         return terms, t
 
     # --- validation ------------------------------------------------------------------------------
-    def validate(self) -> dict[str, float] | None:
-        """Recovery error per t bucket on the held-out volumes (main process only; others wait)."""
+    def validate(self) -> dict[str, dict[str, float]] | None:
+        """MRSE (recovery error), cosine and |q|/|c| per t bucket on the held-out volumes (main process
+        only; others wait)."""
         report = None
         if self.group.main and self.data.held_out is not None:
-            report = recovery_error(self.model, self.data.held_out.volumes, self.schedule,
-                                    buckets_for(self.schedule.timesteps, self.config.buckets),
-                                    self.config.validation_samples, self.config.seed)
-            for label, error in report.items():
-                self.validation_log.write({"step": self.step, "bucket": label, "recovery_error": f"{error:.6g}"})
+            report = recovery_metrics(self.model, self.data.held_out.volumes, self.schedule,
+                                      buckets_for(self.schedule.timesteps, self.config.buckets),
+                                      self.config.validation_samples, self.config.seed)
+            for label, m in report.items():
+                self.validation_log.write({"step": self.step, "bucket": label, "recovery_error": f"{m['mrse']:.6g}",
+                                           **{k: f"{m[k]:.6g}" for k in METRICS[1:]}})
         self.group.barrier()
         return report
 
     # --- the run ---------------------------------------------------------------------------------
+    def _time_is_up(self, deadline: float | None) -> bool:
+        """Whether ``config.time_limit`` has passed (on any rank: all ranks stop at the same step)."""
+        if deadline is None:
+            return False
+        return any(self.group.gather(time.monotonic() >= deadline))
+
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
@@ -239,9 +259,10 @@ class Trainer:
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.group.main and config.progress))
-        last_report: dict[str, float] | None = None
+        last_report: dict[str, dict[str, float]] | None = None
+        deadline = time.monotonic() + config.time_limit if config.time_limit else None
         try:
-            while self.step < config.steps:
+            while self.step < config.steps and not self._time_is_up(deadline):
                 started = time.perf_counter()
                 terms, t = self.train_step()
                 rate = config.batch_size * self.group.world_size / max(time.perf_counter() - started, 1e-9)
@@ -257,7 +278,7 @@ class Trainer:
                 if self._due(config.validate_every) and self.step < config.steps:
                     last_report = self.validate()
                     if last_report:
-                        bar.write(f"step {self.step}: recovery error " + _format_report(last_report))
+                        bar.write(f"step {self.step}: " + _format_report(last_report))
                 if self._due(config.checkpoint_every) and self.step < config.steps:
                     self.save()
         except KeyboardInterrupt:
@@ -271,7 +292,7 @@ class Trainer:
         path = self.save()
         if path is not None:
             if last_report:
-                print(f"step {self.step}: recovery error " + _format_report(last_report))
+                print(f"step {self.step}: " + _format_report(last_report))
             print(f"drdm: trained {self.step} steps; model {self.out / MODEL_NAME}, resume state {path}")
         return self.step
 
@@ -284,5 +305,13 @@ def weights_digest(net: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _format_report(report: dict[str, float]) -> str:
-    return "  ".join(f"{label} {error:.3f}" for label, error in report.items())
+def _format_report(report: dict[str, dict[str, float]]) -> str:
+    return "  ".join(f"{label} mrse {m['mrse']:.3f} cos {m['cosine']:.3f} |q|/|c| {m['ratio']:.2f}"
+                     for label, m in report.items())
+
+
+def _memory_format(device: torch.device, ndims: int) -> torch.memory_format:
+    """Channels-last on CUDA (faster convolutions under autocast), the default layout elsewhere."""
+    if device.type != "cuda":
+        return torch.contiguous_format
+    return torch.channels_last if ndims == 2 else torch.channels_last_3d

@@ -1,0 +1,201 @@
+"""The training recipe of issue 10: quiet output init (a positive control that learns), the published
+(true) cosine, warm-up, t >= 1, amplitude per model, validation metrics, and the volume cache that
+lets training run without SimpleITK."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from drdm_engine.checkpoint import load_checkpoint
+from drdm_engine.diffusion import DiffusionSchedule, diffuse, forward_fields
+from drdm_engine.network import RecResACNet
+from drdm_engine.training import losses
+from drdm_engine.training.config import TrainConfig
+from drdm_engine.training.data import load_cache, save_cache
+from drdm_engine.training.evaluation import buckets_for, recovery_metrics
+from drdm_engine.training.model_setup import quiet_output
+from drdm_engine.training.trainer import Trainer
+from training_fixtures import phantom, write_phantoms
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _fixed_batch(size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images = torch.stack([torch.from_numpy(phantom((size, size), s)) for s in range(batch)]).unsqueeze(1)
+    images = (images - images.amin()) / (images.amax() - images.amin())
+    t = torch.tensor([30, 50][:batch])
+    full, clean = forward_fields(t, 2, size, DiffusionSchedule(amplitude=2.0), torch.Generator().manual_seed(0))
+    return diffuse(images, full), t, clean
+
+
+def test_quiet_output_init_overfits_one_fixed_batch():
+    """Positive control: with the output convolution near zero, 80 Adam steps on one fixed 32² batch
+    bring the MRSE clearly down and the cosine towards -1. PyTorch's default init starts ~1e4 off."""
+    moved, t, clean = _fixed_batch(32, 2)
+    torch.manual_seed(0)
+    net = quiet_output(RecResACNet(2))
+    with torch.no_grad():
+        first = losses.recovery_loss(net(moved, t), clean)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(80):
+        terms = losses.recovery_loss(net(moved, t), clean)
+        optimizer.zero_grad()
+        terms.total.backward()
+        optimizer.step()
+    with torch.no_grad():
+        last = losses.recovery_loss(net(moved, t), clean)
+    assert 0.9 < float(first.mrse) < 1.1, float(first.mrse)
+    assert float(last.mrse) < 0.8 * float(first.mrse) and float(last.cosine) < -0.5, (float(last.mrse),
+                                                                                       float(last.cosine))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert float(losses.recovery_loss(RecResACNet(2)(moved, t), clean).mrse) > 100
+
+
+def test_cosine_is_a_true_cosine_at_normalised_magnitudes():
+    """q and c at a known angle, |c| ~ 1e-3 (normalised units): the loss term equals cos(angle)."""
+    angle = torch.linspace(0, math.pi, 7)
+    c = torch.stack([torch.ones(7), torch.zeros(7)]).view(1, 2, 7, 1) * 1e-3
+    q = torch.stack([torch.cos(angle), torch.sin(angle)]).view(1, 2, 7, 1) * 3e-3
+    per_voxel = [float(losses.cosine(q[..., k:k + 1, :], c[..., k:k + 1, :])) for k in range(7)]
+    assert per_voxel == pytest.approx(torch.cos(angle).tolist(), abs=1e-5)
+    assert float(losses.cosine(q, c)) == pytest.approx(float(torch.cos(angle).mean()), abs=1e-5)
+    ratio = losses.magnitude_ratio_per_sample(q, c)
+    assert float(ratio) == pytest.approx(3.0, rel=1e-4)
+
+
+def test_warmup_is_linear_then_constant():
+    config = TrainConfig(lr=1e-4, warmup_lr=1e-5, warmup_steps=500)
+    assert config.learning_rate(0) == pytest.approx(1e-5)
+    assert config.learning_rate(250) == pytest.approx(5.5e-5)
+    assert config.learning_rate(500) == config.learning_rate(10_000) == 1e-4
+    assert TrainConfig(lr=3e-4, warmup_steps=0).learning_rate(0) == 3e-4
+    assert TrainConfig().batch_size >= 4
+
+
+@pytest.fixture
+def cache2d(tmp_path):
+    volumes = torch.stack([torch.from_numpy(phantom((32, 32), s)) for s in range(4)]).unsqueeze(1)
+    volumes = (volumes - volumes.amin()) / (volumes.amax() - volumes.amin())
+    path = tmp_path / "slices.pt"
+    save_cache(path, volumes, [f"v{k}" for k in range(4)], ["a", "a", "b", "c"], [False, False, False, True],
+               [{"file": "phantom", "package": "tests", "licence": "none"}])
+    return path
+
+
+def test_cache_round_trip_keeps_subjects_held_out_and_resizes(cache2d):
+    train, held = load_cache(cache2d, 32)
+    assert train.volumes.shape == (3, 1, 32, 32) and held.volumes.shape == (1, 1, 32, 32)
+    assert [p.name for p in held.paths] == ["v3"]
+    assert float(train.volumes.min()) >= 0 and float(train.volumes.max()) <= 1
+    assert load_cache(cache2d, 16)[0].volumes.shape == (3, 1, 16, 16)
+
+
+def test_trainer_draws_t_from_one_and_records_amplitude_two(cache2d, tmp_path):
+    config = TrainConfig(data=[str(cache2d)], size=16, batch_size=400, steps=1, out=str(tmp_path / "run"),
+                         progress=False, augment=False, validate_every=0)
+    trainer = Trainer(config)
+    _, t, clean = trainer.batch()
+    assert int(t.min()) == 1 and int(t.max()) == 79
+    assert trainer.meta.amplitude == 2.0 and trainer.data.held_out is not None
+    assert float(trainer.model.conv_out.weight.detach().abs().max()) < 1e-4
+    assert float(trainer.model.conv_out.bias.detach().abs().max()) == 0.0
+
+
+def test_fine_tuning_a_published_import_keeps_its_amplitude(tmp_path):
+    write_phantoms(tmp_path / "train", (32, 32), 2)
+    torch.save(RecResACNet(2).state_dict(), tmp_path / "published.pth")
+    config = TrainConfig(data=[str(tmp_path / "train")], size=32, steps=1, out=str(tmp_path / "run"),
+                         progress=False, fine_tune=str(tmp_path / "published.pth"))
+    assert Trainer(config).meta.amplitude is None  # the published N / S
+    assert Trainer(TrainConfig(**{**config.to_dict(), "amplitude": 1.5})).meta.amplitude == 1.5
+
+
+def test_recovery_metrics_of_a_quiet_network_are_no_motion(cache2d):
+    _, held = load_cache(cache2d, 32)
+    net = quiet_output(RecResACNet(2))
+    report = recovery_metrics(net, held.volumes, DiffusionSchedule(amplitude=2.0), buckets_for(80, 2), samples=1)
+    for metrics in report.values():
+        assert metrics["mrse"] == pytest.approx(1.0, abs=0.05)
+        assert metrics["ratio"] < 0.02 and -1 <= metrics["cosine"] <= 1
+
+
+BLOCK_SIMPLEITK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('SimpleITK', 'slicerio'):
+            raise ImportError('blocked for this test: ' + name)
+sys.meta_path.insert(0, Block())
+from drdm_engine.training.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_training_from_a_cache_runs_without_simpleitk(cache2d, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", BLOCK_SIMPLEITK, "--data", str(cache2d), "--size", "16",
+                           "--steps", "2", "--batch-size", "2", "--out", str(out), "--no-progress",
+                           "--validate-every", "0", "--device", "cpu", "--threads", "1"],
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = load_checkpoint(out / "model.pt", ndims=2)
+    assert model.meta.notes["steps"] == 2 and model.meta.amplitude == 2.0
+
+
+def test_named_cmr2d_model_resolves_with_its_licence_beside_it():
+    """``--model cmr2d`` resolves to the bundled conversion of the published 2D model (metadata of the
+    published 2D config), with its licence, notice and card beside it; a 3D image refuses it."""
+    from drdm_engine.augment import resolve_model
+    from drdm_engine.errors import DRDMError
+    from drdm_engine.model_zoo import NAMED_MODELS, resolve_name
+
+    named = NAMED_MODELS["cmr2d"]
+    assert resolve_name("CMR2D") == str(named.path) and resolve_name("my/model.pt") == "my/model.pt"
+    for name in ("NOTICE", "LICENSE-drdm_cmr_2d", "drdm_cmr_2d.md"):
+        assert (named.path.parent / name).is_file(), name
+    loaded = resolve_model("cmr2d", 2, torch.device("cpu"))
+    assert (loaded.meta.size, loaded.meta.compose_padding, loaded.meta.amplitude) == (256, "zeros", None)
+    with pytest.raises(DRDMError, match="2D but the image is 3D"):
+        resolve_model("cmr2d", 3, torch.device("cpu"))
+
+
+def test_named_cmr2d_model_reproduces_the_published_network(reference):
+    import numpy as np
+
+    from drdm_engine.augment import resolve_model
+
+    loaded = resolve_model("cmr2d", 2, torch.device("cpu"))
+    published = torch.load(reference / "drdm_cmr_2d_published.pth", map_location="cpu", weights_only=True)
+    assert all(torch.equal(published[k], v) for k, v in loaded.net.state_dict().items())
+    data = np.load(reference / "parity_2d_cmr.npz")
+    with torch.inference_mode():
+        out = loaded.net(torch.from_numpy(data["warped_t40"])[None, None], torch.tensor([40]))[0].numpy()
+    assert np.abs(out - data["net_out_warped_t40"]).max() <= 1e-5
+
+
+def test_gpu_session_script_dry_run_without_simpleitk(tmp_path):
+    """scripts/gpu_session.sh end to end at tiny sizes on the CPU, with SimpleITK and slicerio made
+    unimportable as on the device machine: every stage passes and the outputs are written."""
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_SIMPLEITK.split("from drdm_engine")[0])
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "DRDM_GPU_DRYRUN": "1", "PYTHON": sys.executable,
+           "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1", "DRDM_GPU_BUDGET_S": "1"}
+    done = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    report = __import__("json").loads((out / "gpu_session.json").read_text())
+    assert all(stage["ok"] for stage in report["stages"].values()) and report["stages"]["checks"]["passed"]
+    assert (out / "validation.md").is_file() and (out / "default3d" / "model.pt").is_file()
+    assert load_checkpoint(out / "default3d" / "model.pt", ndims=3).meta.amplitude == 2.0
