@@ -163,8 +163,9 @@ def build_parser(with_training: bool = True) -> argparse.ArgumentParser:
     aug.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help=f"diffusion depth T0 in 0…T-1 (default {DEFAULT_DEPTH})")
     aug.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples on the CPU)")
     aug.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
-    aug.add_argument("--model", default=None, help="checkpoint path, 'default' (bundled model) or 'none' "
-                     "(diffusion only); default: the bundled model when it fits the image's dimension")
+    aug.add_argument("--model", default=None, help="checkpoint path, a bundled model's name (cmr2d: the "
+                     "published 2D cardiac MRI model), 'default' (bundled model) or 'none' (diffusion only); "
+                     "default: the bundled model when it fits the image's dimension")
     aug.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (default auto)")
     aug.add_argument("--recovery", choices=("published", "from-depth"), default="published",
                      help="published: all steps T-1…0 (default); from-depth: T0…0, faster")
