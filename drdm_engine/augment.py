@@ -289,7 +289,7 @@ def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field:
         lo, hi = source_rows(pos, shape[0])
         band = torch.from_numpy(source[lo:hi].astype(np.float32))[None, None]
         out[start:stop] = _into_dtype(sample_rows(band, pos, "bilinear", lo)[0, 0].numpy(), out.dtype)
-        norms.append(strided_norms(_lps_mm(u, geometry), start * slab_voxels, stride))
+        norms.append(strided_norms(voxels_to_physical(u, geometry)[0], start * slab_voxels, stride))
         if centre is None:
             u_rows.append(u[0, :, (-start) % step::step, ::step])
         elif start <= centre < stop:
