@@ -169,7 +169,7 @@ def jacobian_determinant(u: torch.Tensor) -> torch.Tensor:
     """
     nd = u.shape[1]
     grads = [_gradient(u, 2 + c) for c in range(nd)]  # grads[c][:, r] = d u_r / d x_c
-    j = [[grads[c][:, r] + (1.0 if r == c else 0.0) for c in range(nd)] for r in range(nd)]
+    j = [[grads[c][:, r] + 1.0 if r == c else grads[c][:, r] for c in range(nd)] for r in range(nd)]
     if nd == 2:
         return j[0][0] * j[1][1] - j[0][1] * j[1][0]
     if nd == 3:
