@@ -206,7 +206,7 @@ def sample_working(image: sitk.Image, model: LoadedModel | None, samples: int, d
     with torch.inference_mode():
         ws = sample_fields(working, samples, depth, model.net if model else None, schedule, settings, generator, step)
         composed = ws.composed.float().cpu()
-    if not bool(torch.isfinite(composed).all()):
+    if not bool(torch.isfinite(torch.stack(composed.aminmax())).all()):  # NaN and inf reach min or max
         raise DRDMError("the sampled deformation field is not finite (NaN/inf); rerun with --precision fp32 "
                         "or check the model")
     return composed, grid
