@@ -206,7 +206,7 @@ def sample_working(image: sitk.Image, model: LoadedModel | None, samples: int, d
     with torch.inference_mode():
         ws = sample_fields(working, samples, depth, model.net if model else None, schedule, settings, generator, step)
         composed = ws.composed.float().cpu()
-    if not bool(torch.isfinite(composed).all()):
+    if not bool(torch.isfinite(torch.stack(composed.aminmax())).all()):  # NaN and inf reach min or max
         raise DRDMError("the sampled deformation field is not finite (NaN/inf); rerun with --precision fp32 "
                         "or check the model")
     return composed, grid
@@ -289,7 +289,7 @@ def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field:
         lo, hi = source_rows(pos, shape[0])
         band = torch.from_numpy(source[lo:hi].astype(np.float32))[None, None]
         out[start:stop] = _into_dtype(sample_rows(band, pos, "bilinear", lo)[0, 0].numpy(), out.dtype)
-        norms.append(strided_norms(_lps_mm(u, geometry), start * slab_voxels, stride))
+        norms.append(strided_norms(voxels_to_physical(u, geometry)[0], start * slab_voxels, stride))
         if centre is None:
             u_rows.append(u[0, :, (-start) % step::step, ::step])
         elif start <= centre < stop:

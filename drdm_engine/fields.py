@@ -149,6 +149,18 @@ def power_sequential(v: torch.Tensor, n: torch.Tensor, padding: Padding = "borde
     return result
 
 
+def _gradient(u: torch.Tensor, dim: int) -> torch.Tensor:
+    """Derivative of ``u`` along ``dim`` (unit spacing), as ``torch.gradient``: central differences
+    inside, one-sided at the two edges; the same values bit for bit, in about half the time (all
+    channels in one pass)."""
+    n = u.shape[dim]
+    if n < 2:
+        raise ValueError(f"a Jacobian needs at least 2 voxels along every axis, got {tuple(u.shape[2:])}")
+    inner = (u.narrow(dim, 2, n - 2) - u.narrow(dim, 0, n - 2)) * 0.5
+    return torch.cat([u.narrow(dim, 1, 1) - u.narrow(dim, 0, 1), inner,
+                      u.narrow(dim, n - 1, 1) - u.narrow(dim, n - 2, 1)], dim)
+
+
 def jacobian_determinant(u: torch.Tensor) -> torch.Tensor:
     """Determinant of the Jacobian of ``x -> x + u(x)``, ``(B, *spatial)``.
 
@@ -156,8 +168,8 @@ def jacobian_determinant(u: torch.Tensor) -> torch.Tensor:
     (as ``numpy.gradient``). The determinant is unit-free and invariant to per-axis spacing.
     """
     nd = u.shape[1]
-    grads = [torch.gradient(u[:, c], dim=tuple(range(1, nd + 1))) for c in range(nd)]
-    j = [[grads[r][c] + (1.0 if r == c else 0.0) for c in range(nd)] for r in range(nd)]
+    grads = [_gradient(u, 2 + c) for c in range(nd)]  # grads[c][:, r] = d u_r / d x_c
+    j = [[grads[c][:, r] + 1.0 if r == c else grads[c][:, r] for c in range(nd)] for r in range(nd)]
     if nd == 2:
         return j[0][0] * j[1][1] - j[0][1] * j[1][0]
     if nd == 3:

@@ -101,9 +101,9 @@ def _affine_axis_grid(out_shape: tuple[int, ...], maps: list[tuple[float, float]
     coords = []
     for a, (n, (scale, shift), m) in enumerate(zip(out_shape, maps, src_shape)):
         idx = torch.arange(n, dtype=torch.float64, device=device) + (start if a == 0 else 0)
-        coords.append((scale * idx + shift) * (2.0 / (m - 1)) - 1.0)
+        coords.append(((scale * idx + shift) * (2.0 / (m - 1)) - 1.0).float())  # float64 per axis only
     mesh = torch.meshgrid(*coords, indexing="ij")
-    return torch.stack(mesh[::-1], dim=-1).unsqueeze(0).float()
+    return torch.stack(mesh[::-1], dim=-1).unsqueeze(0)
 
 
 def to_working(array: torch.Tensor, grid: WorkingGrid, mode: str = "bilinear") -> torch.Tensor:

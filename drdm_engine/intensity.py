@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .order import quantile
+
 LOW, HIGH = 0.5, 99.5
 
 
@@ -13,7 +15,7 @@ def normalise_(image: torch.Tensor, low: float = LOW, high: float = HIGH) -> tor
     flat = image.reshape(-1)
     if flat.numel() > 1 << 20:
         flat = flat[:: flat.numel() // (1 << 20) + 1]
-    lo, hi = torch.quantile(flat, torch.tensor([low / 100, high / 100], dtype=flat.dtype, device=flat.device))
+    lo, hi = quantile(flat, low / 100), quantile(flat, high / 100)
     if hi <= lo:
         lo, hi = flat.min(), flat.max()
     return image.sub_(lo).div_((hi - lo).clamp_min(1e-12)).clamp_(0, 1)

@@ -5,6 +5,7 @@ import torch
 
 from . import fields
 from .labels import CHUNK, label_values
+from .order import quantile
 
 
 def sample_stride(voxels: int, max_voxels: int = 1 << 22) -> int:
@@ -13,16 +14,16 @@ def sample_stride(voxels: int, max_voxels: int = 1 << 22) -> int:
 
 
 def strided_norms(chunk: torch.Tensor, first: int, stride: int) -> torch.Tensor:
-    """``|u|`` (mm) of a field chunk ``(rows, ..., nd)`` (vectors last) at the global flat voxel indices
-    that are multiples of ``stride``; ``first`` is the chunk's first flat index. Chunks taken in order
-    give the same subsample as the whole field."""
-    vectors = chunk.reshape(-1, chunk.shape[-1])
-    return vectors[(-first) % stride::stride].float().norm(dim=1)
+    """``|u|`` (mm) of a field chunk ``(nd, rows, ...)`` (channels first) at the global flat voxel
+    indices that are multiples of ``stride``; ``first`` is the chunk's first flat index. Chunks taken
+    in order give the same subsample as the whole field."""
+    picked = chunk.reshape(chunk.shape[0], -1)[:, (-first) % stride::stride].float()
+    return picked.square().sum(0).sqrt()
 
 
 def displacement_stats(norms: torch.Tensor) -> dict[str, float]:
     """Mean and 99th percentile of ``|u|`` in mm from a subsample of norms (:func:`strided_norms`)."""
-    return {"displacement_mean_mm": float(norms.mean()), "displacement_p99_mm": float(torch.quantile(norms, 0.99))}
+    return {"displacement_mean_mm": float(norms.mean()), "displacement_p99_mm": float(quantile(norms, 0.99))}
 
 
 def folding(u_voxels: torch.Tensor) -> dict[str, float]:
@@ -36,18 +37,31 @@ def label_agreement(before: torch.Tensor, after: torch.Tensor, names: dict[int, 
     ``(V_after - V_before) / V_before``. Keys are segment names (or the label value). Counted chunk by
     chunk: no full-size temporaries."""
     values = [v for v in label_values(before) if v != 0]
-    counts = {v: [0, 0, 0] for v in values}
+    m = len(values)
+    table = torch.tensor(values, dtype=torch.long)
+    joint = torch.zeros((m + 1) ** 2, dtype=torch.long)  # (before index, after index); index m: any other value
     flat_before, flat_after = before.reshape(-1), after.reshape(-1)
     for start in range(0, flat_before.numel(), CHUNK):
-        a_chunk, b_chunk = flat_before[start:start + CHUNK], flat_after[start:start + CHUNK]
-        for value in values:
-            a, b = a_chunk == value, b_chunk == value
-            counts[value][0] += int(a.sum())
-            counts[value][1] += int(b.sum())
-            counts[value][2] += int((a & b).sum())
+        a = _value_index(flat_before[start:start + CHUNK], table)
+        b = _value_index(flat_after[start:start + CHUNK], table)
+        joint += torch.bincount(a * (m + 1) + b, minlength=(m + 1) ** 2)
+    joint = joint.view(m + 1, m + 1)
+    counts = {v: [int(joint[i].sum()), int(joint[:, i].sum()), int(joint[i, i])] for i, v in enumerate(values)}
     dice, volume = {}, {}
     for value, (va, vb, both) in counts.items():
         key = names.get(value, str(value))
         dice[key] = 2.0 * both / (va + vb)
         volume[key] = (vb - va) / va
     return {"dice": dice, "volume_change": volume}
+
+
+def _value_index(chunk: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Position of each label of ``chunk`` in the sorted ``table`` of values, ``len(table)`` for a
+    value not in it (int64, same length as ``chunk``)."""
+    m = len(table)
+    if chunk.dtype == torch.uint8:
+        lookup = torch.full((256,), m, dtype=torch.long)
+        lookup[table] = torch.arange(m)
+        return lookup[chunk.long()]
+    found = torch.searchsorted(table, chunk.long()).clamp_max(max(m - 1, 0))
+    return torch.where(table[found] == chunk.long(), found, m) if m else torch.zeros_like(found)
