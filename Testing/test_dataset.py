@@ -210,3 +210,37 @@ def test_list_files_and_their_errors(tmp_path, capsys):
     missing.write_text("c0.nii.gz\nc9.nii.gz\n")
     assert augment(missing, "--out", tmp_path / "o") == 2
     assert "case c9: file not found" in capsys.readouterr().err
+
+
+def test_a_dataset_folder_in_use_is_refused(nnunet, tmp_path):
+    """A second dataset run into the folder of a running one (stopped with SIGSTOP at its first progress
+    line, so the test does not race it) is refused with one line, as for one image; the first then
+    finishes, and its lock is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    data, _ = nnunet
+    target = tmp_path / "o"
+    command = [sys.executable, "-m", "drdm_engine.cli", "augment", str(data), "--out", str(target), *ARGS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith("drdm-progress"):
+                first.send_signal(signal.SIGSTOP)
+                break
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [second.stderr.strip()]
+        assert "is in use by another drdm run" in second.stderr
+        first.send_signal(signal.SIGCONT)
+        first.communicate(timeout=300)
+        assert first.returncode == 0
+        assert not (target / ".drdm-lock").exists()
+        assert (target / MANIFEST).is_file()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()

@@ -20,7 +20,7 @@ from .cases import Case, Dataset
 from .dataset import STATE, Job, Layout, _Models, _record_path, process_case, write_manifest
 from .errors import DRDMError
 from .io import write_json
-from .runfolder import RunFolder, unwritable
+from .runfolder import RunFolder, lock_folder, unlock_folder, unwritable
 
 def _finished(out: Path, cases: tuple[Case, ...]) -> set[str]:
     return {c.id for c in cases if _record_path(out, c.id).is_file()}
@@ -35,8 +35,25 @@ def _signature(dataset: Dataset, job: Job) -> dict:
             "cases": [c.id for c in dataset.cases]}
 
 
+def open_folder(out: Path, dataset: Dataset, job: Job, overwrite: bool):
+    """Create ``out``, take its lock (a folder in use by another run is refused) and :func:`prepare` it;
+    returns (resumed, the lock for :func:`runfolder.unlock_folder`)."""
+    RunFolder(out, True, lambda name: False).check()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(out, exc) from exc
+    lock = lock_folder(out)
+    try:
+        return prepare(out, dataset, job, overwrite), lock
+    except BaseException:
+        unlock_folder(lock)
+        raise
+
+
 def prepare(out: Path, dataset: Dataset, job: Job, overwrite: bool) -> bool:
-    """Create or check ``out``; returns True when it resumes an interrupted run of the same settings."""
+    """Check ``out`` and record this run in it; returns True when it resumes an interrupted run of the
+    same settings."""
     signature = _signature(dataset, job)
     run_file = _run_file(out)
     if run_file.is_file():
@@ -189,12 +206,21 @@ def run(dataset: Dataset, job: Job, out: Path, overwrite: bool = False, progress
 def _run(dataset: Dataset, job: Job, out: Path, overwrite: bool, progress_lines: bool, device: torch.device,
          group) -> dict | None:
     started = time.perf_counter()
-    problem, resumed = None, False
+    problem, resumed, lock = None, False, None
     if group.main:
         try:
-            resumed = prepare(out, dataset, job, overwrite)
+            resumed, lock = open_folder(out, dataset, job, overwrite)
         except DRDMError as exc:
             problem = str(exc)
+    try:
+        return _run_locked(dataset, job, out, progress_lines, device, group, problem, resumed, started)
+    finally:
+        if lock is not None:
+            unlock_folder(lock)
+
+
+def _run_locked(dataset: Dataset, job: Job, out: Path, progress_lines: bool, device: torch.device, group,
+                problem: str | None, resumed: bool, started: float) -> dict | None:
     problems = [p for p in group.gather(problem) if p]
     if problems:
         raise DRDMError(problems[0])

@@ -87,6 +87,30 @@ def unwritable(out: Path, exc: OSError) -> DRDMError:
     return DRDMError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose a writable --out")
 
 
+def lock_folder(out: Path):
+    """Take the OS lock of folder ``out`` (file ``.drdm-lock``, holding the owner's pid); refused with one
+    line while another run holds it. Returns the open lock file, for :func:`unlock_folder`."""
+    path = out / LOCK_NAME
+    handle = open(path, "a+")
+    if not _try_lock(handle) or not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise DRDMError(f"output folder {out} is in use by another drdm run (pid {owner}); wait for it to "
+                        f"finish or choose another --out")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def unlock_folder(handle) -> None:
+    """Remove and release a lock taken by :func:`lock_folder`."""
+    Path(handle.name).unlink(missing_ok=True)
+    handle.close()
+
+
 class RunFolder:
     """The output folder ``out`` of one run; ``is_output(name)`` tells the names of the files it writes.
 
@@ -151,24 +175,11 @@ class RunFolder:
         return staging
 
     def _acquire(self) -> None:
-        path = self.out / LOCK_NAME
-        handle = open(path, "a+")
-        if not _try_lock(handle) or not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            handle.close()
-            raise DRDMError(f"output folder {self.out} is in use by another drdm run (pid {owner}); wait for it to "
-                            f"finish or choose another --out")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock = handle
+        self._lock = lock_folder(self.out)
 
     def _release(self) -> None:
         if self._lock is not None:
-            Path(self._lock.name).unlink(missing_ok=True)
-            self._lock.close()
+            unlock_folder(self._lock)
             self._lock = None
 
     def commit(self, last: str) -> None:
