@@ -200,7 +200,10 @@ def test_negative_process_count(data, tmp_path, capsys):
 
 
 # --- a run in progress holds its folder ----------------------------------------------------------------
-def test_a_folder_in_use_by_a_running_training_is_refused(data, tmp_path, capsys):
+@pytest.mark.parametrize("stop_signal, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_folder_in_use_by_a_running_training_is_refused(data, tmp_path, capsys, stop_signal, code):
+    """A second run into a running one's folder is refused; the running one, stopped by Ctrl-C or by
+    SIGTERM (schedulers, ``timeout``), saves a resumable checkpoint and releases its lock."""
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     running = subprocess.Popen([sys.executable, "-m", "drdm_engine", *train_args(data, out, "--steps", 10 ** 6,
@@ -215,9 +218,9 @@ def test_a_folder_in_use_by_a_running_training_is_refused(data, tmp_path, capsys
             assert_refused(run_cli(capsys, train_args(data, out, *extra)), "in use by another training run")
         assert (out / "train_log.csv").exists() and running.poll() is None
     finally:
-        running.send_signal(signal.SIGINT)
+        running.send_signal(stop_signal)
         out_text, err = running.communicate(timeout=120)
-    assert running.returncode == 130 and "saved" in out_text, err
+    assert running.returncode == code and "saved" in out_text, err
     assert main(train_args(data, out, "--overwrite")) == 0
     assert log_steps(out) == [1] and not (out / ".drdm-train.lock").exists()
 

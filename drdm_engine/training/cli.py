@@ -19,6 +19,7 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..errors import DRDMError
 from ..limits import require_int, require_seed, require_side
+from ..runfolder import Terminated, stop_signals_interrupt
 from .config import add_config_arguments, from_arguments
 from .data import find_volumes, load_volumes
 from .distributed import launched_by_torchrun, stop
@@ -90,7 +91,8 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train (in this process, or relaunched under torchrun for ``--distributed``)."""
+    """Train (in this process, or relaunched under torchrun for ``--distributed``). Ctrl-C, SIGTERM and
+    SIGHUP (schedulers, ``timeout``) save a resumable checkpoint; exit code 128 + the signal."""
     config = from_arguments(args)
     require_int("--nproc", args.nproc, 0)
     check_run_folder(Path(config.out), RUN_FILES, config.resume, config.overwrite)
@@ -100,8 +102,10 @@ def run_train(args: argparse.Namespace) -> int:
         return subprocess.call(_torchrun_command(argv, nproc))
     main_process = not launched_by_torchrun() or os.environ["RANK"] == "0"
     try:
-        with run_lock(Path(config.out)) if main_process else nullcontext():
+        with stop_signals_interrupt(), run_lock(Path(config.out)) if main_process else nullcontext():
             Trainer(config).run()
+    except Terminated as stopped:
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         return INTERRUPTED
     finally:
