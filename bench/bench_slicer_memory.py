@@ -7,7 +7,7 @@ field on the CT's grid, a manifest listing the same files ``--samples`` times), 
 puts the CT and its segmentation in a scene and loads the samples with ``loadResults`` (what Generate
 does after the worker): resident memory (MiB) after the inputs, after each sample, and the peak while
 loading (RSS polled every 5 ms). ``--lib DIR`` loads with another copy of the module library (``DIR/DRDMSlicerLib``), e.g. an
-older commit's (``git archive <commit> DRDMSlicer | tar -x -C /tmp/old``, then ``--lib /tmp/old/DRDMSlicer``).
+older commit's (``git archive <commit> DRDMSlicer | tar -x -C OLD``, then ``--lib OLD/DRDMSlicer``).
 """
 from __future__ import annotations
 

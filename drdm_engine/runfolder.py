@@ -87,16 +87,16 @@ def unwritable(out: Path, exc: OSError) -> DRDMError:
     return DRDMError(f"cannot write to output folder {out}: {exc.strerror or exc}; choose a writable --out")
 
 
-def lock_folder(out: Path):
-    """Take the OS lock of folder ``out`` (file ``.drdm-lock``, holding the owner's pid); refused with one
-    line while another run holds it. Returns the open lock file, for :func:`unlock_folder`."""
-    path = out / LOCK_NAME
+def lock_folder(out: Path, name: str = LOCK_NAME, holder: str = "drdm run"):
+    """Take the OS lock of folder ``out`` (file ``name``, holding the owner's pid); refused with one line
+    naming the ``holder`` while another run holds it. Returns the open lock file, for :func:`unlock_folder`."""
+    path = out / name
     handle = open(path, "a+")
     if not _try_lock(handle) or not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
         handle.seek(0)
         owner = handle.read().strip() or "unknown"
         handle.close()
-        raise DRDMError(f"output folder {out} is in use by another drdm run (pid {owner}); wait for it to "
+        raise DRDMError(f"output folder {out} is in use by another {holder} (pid {owner}); wait for it to "
                         f"finish or choose another --out")
     handle.seek(0)
     handle.truncate()

@@ -2,7 +2,7 @@
 # One prepared GPU session for issue 10 (<= 9 minutes in one device call): CUDA-vs-CPU checks, timings,
 # then training of the default 3D model for the time left. Run from the repository root:
 #   OUT=/path/to/out bash scripts/gpu_session.sh                      # on the device ($OUT is set there)
-#   DRDM_GPU_DRYRUN=1 OUT=/tmp/gpu_dry bash scripts/gpu_session.sh    # tiny sizes on the CPU (test)
+#   DRDM_GPU_DRYRUN=1 OUT=gpu_dry bash scripts/gpu_session.sh    # tiny sizes on the CPU (test)
 # Needs training_data/volumes_64.pt (committed; rebuild: scripts/build_volume_cache.py). Results:
 # $OUT/gpu_session.json, $OUT/validation.md, $OUT/default3d/{model.pt,checkpoint.pt,*.csv}, $OUT/session.log.
 set -uo pipefail

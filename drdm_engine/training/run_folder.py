@@ -7,18 +7,13 @@ holds a lock on its folder, so a second run into it is refused instead of replac
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import DRDMError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; runs are not protected from each other there
-    fcntl = None
+from ..runfolder import lock_folder, unlock_folder
 
 LOCK_NAME = ".drdm-train.lock"
 
@@ -64,30 +59,18 @@ def _make_folder(out: Path) -> None:
 
 @contextmanager
 def run_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out`` for a whole run (``flock`` on ``out/.drdm-train.lock``, released by
-    the system if the process dies). A folder locked by another run is refused with one line. On exit
-    the lock file is removed, and ``out`` too when this run created it and left it empty."""
+    """Hold the OS lock of ``out`` (``out/.drdm-train.lock``, :func:`runfolder.lock_folder`; released by
+    the system if the process dies) for a whole run: a folder locked by another run is refused with one
+    line. On exit the lock file is removed, and ``out`` too when this run created it and left it empty."""
     created = not out.exists()
     _make_folder(out)
-    lock = out / LOCK_NAME
     try:
-        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        handle = lock_folder(out, LOCK_NAME, "training run")
     except OSError as exc:
         raise DRDMError(f"cannot write into --out {out}: {exc.strerror or exc}; choose a writable folder") from exc
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                raise DRDMError(f"--out {out} is in use by another training run; wait for it to finish or "
-                                f"choose another --out") from exc
-            if not lock.exists() or os.stat(lock).st_ino != os.fstat(handle).st_ino:
-                raise DRDMError(f"--out {out} is in use by another training run; try again")
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
-            if created and not any(out.iterdir()):
-                out.rmdir()
+        yield
     finally:
-        os.close(handle)
+        unlock_folder(handle)
+        if created and not any(out.iterdir()):
+            out.rmdir()
