@@ -75,7 +75,7 @@ def _run_augment(args: argparse.Namespace) -> int:
     check_image_info(info, args.image)
     label_info = inspect_image(args.labels, "labels") if args.labels else None
     device = resolve_device(args.device)
-    nd = 2 if len(info.size) == 2 or info.size[2] == 1 else 3
+    nd = info.ndims
     model = resolve_model(args.model, nd, device)
     size = model.meta.size if model else (args.size or DIFFUSION_ONLY_SIZE[nd])
     out = Path(args.out)
@@ -88,7 +88,7 @@ def _run_augment(args: argparse.Namespace) -> int:
             check(estimate(info, label_info, args.samples, size, args.field_compression, model is not None), out,
                   args.samples)
         image = read_image(args.image, pixel_type=None, keep_3d=True, info=info)
-        labels = read_labels(args.labels, image) if args.labels else None
+        labels = read_labels(args.labels, image, label_info) if args.labels else None
         if model is None:
             print("drdm: no trained model for this image: diffusion-only mode (random forward fields, no recovery)",
                   file=sys.stderr)

@@ -65,6 +65,11 @@ class Job:
         return {k: v for k, v in asdict(self).items() if k not in ("device", "workers")}
 
 
+def _write_field(field: InputField, path: Path) -> None:
+    """One sample's displacement field on its output grid (ITK, LPS mm)."""
+    write_displacement_field(field.lps_mm(), field.geometry, path)
+
+
 def case_seed(seed: int, case_id: str) -> int:
     """Seed of one case: a stable hash (SHA-256) of the run seed and the case ID, in ``[0, 2^63)``."""
     digest = hashlib.sha256(f"{int(seed)}:{case_id}".encode()).digest()
@@ -165,8 +170,7 @@ def process_case(case: Case, layout: Layout, job: Job, out: Path, models: _Model
                 _mkdir_write(write_image, sample.image if c == 0 else warp_channel(images[c], sample.field), stage / name)
             if labels is not None:
                 _mkdir_write(lambda img, p: _write_labels(img, labels, p), sample.labels, stage / names["labels"])
-            _mkdir_write(lambda f, p: write_displacement_field(f.lps_mm(), f.grid.input, p), sample.field,
-                         stage / names["field"])
+            _mkdir_write(_write_field, sample.field, stage / names["field"])
             record["samples"].append({**names, "metrics": sample.metrics})
             if job.pairs:
                 working.append(sample.field)
@@ -215,7 +219,7 @@ def _stage_pairs(case: Case, record: dict, originals: dict, working: list[InputF
         mm = a.grid.spacing  # working voxels are isotropic: voxels -> mm
         field = InputField(w, a.grid, a.rows)
         name = layout.pair_field(samples[k]["id"], samples[k + 1]["id"])
-        _mkdir_write(lambda f, p: write_displacement_field(f.lps_mm(), f.grid.input, p), field, stage / name)
+        _mkdir_write(_write_field, field, stage / name)
         errors = {key if key.endswith("fraction") else f"{key}_mm": round(value * (1 if key.endswith("fraction") else mm), 6)
                   for key, value in figures.items()}
         entries.append(_pair(samples[k], samples[k + 1], name, "deformed-deformed", errors))

@@ -12,14 +12,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import SimpleITK as sitk
 import torch
 
 from .augment import resolve_device
 from .cases import Case, Dataset
 from .dataset import STATE, Job, Layout, _Models, _record_path, process_case, write_manifest
 from .errors import DRDMError
-from .io import write_json
+from .io import inspect_image, write_json
 from .runfolder import RunFolder, lock_folder, unlock_folder, unwritable
 
 def _finished(out: Path, cases: tuple[Case, ...]) -> set[str]:
@@ -38,7 +37,8 @@ def _signature(dataset: Dataset, job: Job) -> dict:
 def open_folder(out: Path, dataset: Dataset, job: Job, overwrite: bool):
     """Create ``out``, take its lock (a folder in use by another run is refused) and :func:`prepare` it;
     returns (resumed, the lock for :func:`runfolder.unlock_folder`)."""
-    RunFolder(out, True, lambda name: False).check()
+    if out.exists() and not out.is_dir():
+        raise DRDMError(f"--out {out} is a file, not a folder; choose a folder path")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -248,11 +248,7 @@ def _run_locked(dataset: Dataset, job: Job, out: Path, progress_lines: bool, dev
         group.barrier()
         return None
     case_seconds = {k: v for _, s in gathered for k, v in s.items()}
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(dataset.cases[0].channels[0])
-    reader.ReadImageInformation()
-    ndims = 2 if reader.GetDimension() == 3 and reader.GetSize()[2] == 1 else reader.GetDimension()
-    model = _Models(job, device).get(ndims)
+    model = _Models(job, device).get(inspect_image(dataset.cases[0].channels[0]).ndims)
     manifest = write_manifest(out, dataset, job, model, time.perf_counter() - started, case_seconds)
     group.barrier()
     return manifest

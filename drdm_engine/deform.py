@@ -111,11 +111,12 @@ class Deformer:
     def field(self, reference: np.ndarray, spacing: tuple[float, ...], seed: int, depth: int,
               key: str | None = None) -> Field:
         """The field of ``(case, seed, depth)``, drawn from ``reference`` (one spatial array) at first use."""
-        key = key or self.key(reference, spacing)
+        given = key is not None
+        key = key if given else self.key(reference, spacing)
         entry = (key, int(seed), int(depth))
         if entry not in self.fields:
             model = self.model(reference.ndim)
-            if model is not None and case_key(reference, spacing) != key:
+            if given and model is not None and case_key(reference, spacing) != key:
                 raise RuntimeError("the field of this DRDM deformation is not cached in this process and depends on "
                                    "the undeformed image (a model is used); invert it where it was applied")
             image = _image(reference.astype(np.float32, copy=False), spacing)

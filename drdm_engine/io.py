@@ -52,11 +52,6 @@ def dicom_series(path: str | os.PathLike) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
-def is_dicom_folder(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder holding at least one DICOM series."""
-    return Path(path).is_dir() and bool(dicom_series(path))
-
-
 @dataclass(frozen=True)
 class ImageInfo:
     """What a header says, before any voxel is read: ``size`` (x, y[, z]), SimpleITK ``pixel_id``,
@@ -70,6 +65,11 @@ class ImageInfo:
     @property
     def voxels(self) -> int:
         return int(np.prod(self.size))
+
+    @property
+    def ndims(self) -> int:
+        """2 for a 2D image or a one-slice 3D volume (deformed in-plane), else 3."""
+        return 2 if len(self.size) == 2 or self.size[2] == 1 else 3
 
     @property
     def bytes_per_voxel(self) -> int:
@@ -289,11 +289,12 @@ def _integer_pixel(lo: int, hi: int) -> int:
     return sitk.sitkInt64
 
 
-def read_labels(path: str | os.PathLike, reference: sitk.Image) -> Labels:
+def read_labels(path: str | os.PathLike, reference: sitk.Image, info: ImageInfo | None = None) -> Labels:
     """Read a label map or Slicer ``.seg.nrrd`` (file or DICOM folder) and check it lies on
-    ``reference``'s grid. Any integer label value is kept exactly (up to 2**63 - 1)."""
+    ``reference``'s grid (``info``: its header, when already inspected). Any integer label value is
+    kept exactly (up to 2**63 - 1)."""
     path = Path(path)
-    info = inspect_image(path, "labels")
+    info = info or inspect_image(path, "labels")
     if info.pixel_id not in SCALAR_PIXELS and "complex" in sitk.GetPixelIDValueAsString(info.pixel_id):
         raise DRDMError(f"labels {path} have pixel type '{sitk.GetPixelIDValueAsString(info.pixel_id)}'; "
                         f"give an integer label map or .seg.nrrd")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from . import fields
+from .metrics import sample_stride
+from .order import quantile
 
 ITERATIONS = 60
 UNREACHABLE = 0.01  # working voxels: a node whose fixed-point residual stays above this has no inverse
@@ -48,6 +50,6 @@ def _error_between_nodes(u_a: torch.Tensor, u_b: torch.Tensor, w: torch.Tensor) 
 
 def _summary(name: str, error: torch.Tensor) -> dict[str, float]:
     flat = error.flatten().float()
-    sample = flat[:: flat.numel() // (1 << 22) + 1]
-    return {f"{name}_mean": float(flat.mean()), f"{name}_p99": float(torch.quantile(sample, 0.99)),
+    sample = flat[::sample_stride(flat.numel())]
+    return {f"{name}_mean": float(flat.mean()), f"{name}_p99": float(quantile(sample, 0.99)),
             f"{name}_max": float(flat.max())}

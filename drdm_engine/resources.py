@@ -34,7 +34,7 @@ def estimate(image: ImageInfo, labels: ImageInfo | None, samples: int, working_s
     sample on disk the image, the labels and the
     field (uncompressed size when ``field_compression`` is 0, else 90 % of it: fields compress little)."""
     voxels = image.voxels
-    nd = 2 if len(image.size) == 2 or image.size[2] == 1 else 3
+    nd = image.ndims
     label_bytes = 0
     if labels is not None:  # the file's type in and out, and the warp's tensors (uint8, else up to int64)
         label_bytes = 2 * labels.bytes_per_voxel + 2 * (1 if labels.bytes_per_voxel == 1 else 8)

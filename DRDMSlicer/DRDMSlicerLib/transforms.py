@@ -37,8 +37,8 @@ def coarseField(field: sitk.Image, maxPoints: int = MAX_GRID_POINTS) -> sitk.Ima
 
 
 def fieldArrayRAS(field: sitk.Image) -> np.ndarray:
-    """Displacement vectors of an LPS field image as a ``(K, J, I, 3)`` float32 array in RAS mm."""
-    checkField(field)
+    """Displacement vectors of an LPS field image (checked by the caller) as a ``(K, J, I, 3)`` float32
+    array in RAS mm."""
     vectors = sitk.GetArrayViewFromImage(field).astype(np.float32)
     vectors *= np.diag(LPS_TO_RAS).astype(np.float32)
     return vectors
