@@ -16,9 +16,8 @@ import torch
 from drdm_engine.checkpoint import ModelMeta, save_checkpoint
 from drdm_engine.cli import main
 from drdm_engine.network import RecResACNet
+from conftest import ROOT
 from training_fixtures import write_phantoms
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

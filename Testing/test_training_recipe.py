@@ -4,7 +4,6 @@ lets training run without SimpleITK."""
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +17,8 @@ from drdm_engine.training.data import load_cache, save_cache
 from drdm_engine.training.evaluation import buckets_for, recovery_metrics
 from drdm_engine.training.model_setup import quiet_output
 from drdm_engine.training.trainer import Trainer
+from conftest import ROOT
 from training_fixtures import phantom, write_phantoms
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

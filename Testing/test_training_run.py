@@ -16,17 +16,11 @@ from drdm_engine.training import cli
 from drdm_engine.training.config import TrainConfig, from_arguments, from_mapping
 from drdm_engine.training.evaluation import buckets_for, recovery_error
 from drdm_engine.training.trainer import Trainer, weights_digest
+from conftest import ROOT
 from training_fixtures import write_phantoms
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: more threads only contend
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

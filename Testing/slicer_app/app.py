@@ -39,7 +39,7 @@ class SequencesModule:
     """``slicer.modules.sequences``: records which browser the toolbar shows."""
 
     def __init__(self) -> None:
-        self.shown, self.active = [], []
+        self.shown = []
         self._logic = None
 
     def logic(self):
@@ -50,9 +50,6 @@ class SequencesModule:
 
     def showSequenceBrowser(self, browserNode) -> None:
         self.shown.append(browserNode)
-
-    def setToolBarActiveBrowserNode(self, browserNode) -> None:
-        self.active.append(browserNode)
 
 
 class Modules:
