@@ -145,6 +145,31 @@ def test_working_grid_round_trip_on_oblique_anisotropic_volume():
     assert float((again - x)[inner].abs().median()) < 20  # HU, two linear resamplings of a noisy phantom
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 0.7)])
+def test_a_cubic_input_of_the_working_size_takes_its_field_without_resampling(monkeypatch, spacing):
+    """The working grid of an N^3 isotropic input is the input grid: the field is taken as it is, and
+    equals what resampling it onto the same grid gives (to float rounding)."""
+    image, _ = phantom(size=(24, 24, 24), spacing=spacing)
+    grid = WorkingGrid.fit(Geometry.of(image), 24)
+    assert grid.is_input() and not WorkingGrid.fit(Geometry.of(image), 32).is_input()
+    assert not WorkingGrid.fit(Geometry.of(phantom(size=(24, 24, 23))[0]), 24).is_input()
+    working = torch.randn(1, 3, 24, 24, 24, generator=torch.Generator().manual_seed(0))
+    taken = field_to_input_voxels(working, grid, 5, 17)
+    assert taken.data_ptr() == working[:, :, 5:17].data_ptr()
+    monkeypatch.setattr(WorkingGrid, "is_input", lambda self: False)
+    assert torch.allclose(field_to_input_voxels(working, grid, 5, 17), taken, atol=1e-5)
+
+
+def test_diffusion_only_sampling_never_reads_the_image(monkeypatch, phantom_files):
+    """Without a model the random field needs the working grid's size only: the image is not
+    normalised or resampled onto the working grid."""
+    import drdm_engine.augment as augment
+    monkeypatch.setattr(augment, "to_working", lambda *a, **k: pytest.fail("image resampled for diffusion only"))
+    image = read_image(phantom_files[0], pixel_type=None)
+    composed, _ = augment.sample_working(image, None, 2, 30, 1, size=16)
+    assert composed.shape == (2, 3, 16, 16, 16) and bool(composed.abs().max() > 0)
+
+
 def test_2d_augment_with_the_imported_published_model(tmp_path, reference, capsys):
     model = tmp_path / "cmr.pt"
     assert main(["import-checkpoint", str(reference / "drdm_cmr_2d_published.pth"), str(model), "--size", "256",

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from drdm_engine import fields
 
@@ -84,3 +86,37 @@ def test_jacobian_of_affine_maps():
     x2 = fields.identity_grid((8, 8), dtype=torch.float64)
     det2 = fields.jacobian_determinant(torch.einsum("rc,bc...->br...", rot, x2) - x2)
     np.testing.assert_allclose(det2.numpy(), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 37, 41, 43), (1, 1, 128, 64, 16), (1, 2, 301, 300), (2, 3, 40, 41, 42)])
+def test_threaded_grid_sample_equals_pytorch_bit_for_bit(shape):
+    g = torch.Generator().manual_seed(0)
+    nd = len(shape) - 2
+    image = torch.randn(shape, generator=g)
+    grid = torch.rand((shape[0],) + shape[2:] + (nd,), generator=g) * 2.2 - 1.1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # three parts: rows not divisible by the part count are padded and cut
+    try:
+        for mode in ["bilinear", "nearest"] + (["bicubic"] if nd == 2 else []):
+            for padding in ("zeros", "border"):
+                expected = F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
+                assert torch.equal(fields.grid_sample(image, grid, mode, padding), expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_batch_one_grid_sample_is_split_into_one_part_per_thread(monkeypatch):
+    """PyTorch's CPU kernel runs one batch element on one thread: a large batch-1 call is split into as
+    many batch elements as there are threads; small calls and batches are passed through."""
+    batches = []
+    original = F.grid_sample
+    monkeypatch.setattr(fields.F, "grid_sample", lambda image, grid, **kw: batches.append(grid.shape[0]) or original(image, grid, **kw))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fields.warp(torch.zeros(1, 1, 64, 64, 64), torch.zeros(1, 3, 64, 64, 64))
+        fields.warp(torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 3, 8, 8, 8))
+        fields.warp(torch.zeros(2, 1, 64, 64, 64), torch.zeros(2, 3, 64, 64, 64))
+    finally:
+        torch.set_num_threads(threads)
+    assert batches == [2, 1, 2]

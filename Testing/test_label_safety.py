@@ -1,23 +1,26 @@
-"""Label-safe warp: one grid_sample over all label indicators, no new value, every segment kept (also
-many touching one-voxel segments under a large deformation, and segments moved out of view)."""
+"""Label-safe warp: the corner vote equals the argmax of every label's indicator warped linearly (one
+label at a time through grid_sample), no new value, every segment kept (also many touching one-voxel
+segments under a large deformation, and segments moved out of view)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
 from conftest import phantom
 from drdm_engine import fields
 from drdm_engine.augment import generate
-from drdm_engine.geometry import sample_rows
+from drdm_engine import labels as label_module
+from drdm_engine.geometry import sample_rows, source_rows
 from drdm_engine.io import read_image, read_labels
-from drdm_engine.labels import LabelWarper
+from drdm_engine.labels import LabelWarper, linear_vote
 
 
-def reference_argmax(labels: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def reference_argmax(labels: torch.Tensor, pos: torch.Tensor, lo: int = 0) -> torch.Tensor:
     """Independent one-label-at-a-time one-hot-linear-then-argmax (ties to the lower value)."""
     values = sorted(np.unique(labels.numpy()).tolist())
-    scores = torch.stack([sample_rows((labels == v).float()[None, None], pos, "bilinear")[0, 0] for v in values])
+    scores = torch.stack([sample_rows((labels == v).float()[None, None], pos, "bilinear", lo)[0, 0] for v in values])
     return torch.tensor(values)[scores.argmax(0)].to(labels.dtype)
 
 
@@ -39,7 +42,7 @@ def test_one_sample_over_all_indicators_matches_one_label_at_a_time():
     u = torch.from_numpy(rng.normal(0, 0.6, (1, 3, 12, 13, 14)).astype(np.float32))
     pos = fields.identity_grid((12, 13, 14)) + u
     expected = reference_argmax(labels, pos)
-    for budget in (1, 1 << 24):  # one channel per grid_sample, or all channels in one
+    for budget in (1, 1 << 24):  # restoration scores one label per grid_sample, or all labels in one
         warper = LabelWarper(labels, budget=budget)
         warper.add_slab(0, 5, pos[:, :, :5])
         warper.add_slab(5, 12, pos[:, :, 5:])
@@ -50,6 +53,26 @@ def test_one_sample_over_all_indicators_matches_one_label_at_a_time():
             keep[voxel] = False
         assert torch.equal(result[keep], expected[keep])
         assert set(np.unique(result.numpy())) == set(np.unique(labels.numpy()))
+
+
+@pytest.mark.parametrize("shape, spread", [((30, 31, 32), 1.5), ((1, 40, 41), 2.0), ((90, 80), 3.0), ((60, 1), 2.0)])
+def test_corner_vote_equals_the_argmax_of_linearly_warped_indicators(monkeypatch, shape, spread):
+    """Bit for bit, 2D and 3D, single-voxel axes, positions far outside (border), label values of any
+    integer size, a slab of rows taken from the middle of the map, voted in several chunks."""
+    monkeypatch.setattr(label_module, "VOTE_CHUNK", 1000)
+    rng = np.random.default_rng(1)
+    full = torch.from_numpy(rng.choice([0, 3, 70000, -5, 2 ** 40], size=(shape[0] + 10,) + shape[1:]))
+    u = torch.from_numpy(rng.normal(0, spread, (1, len(shape)) + shape).astype(np.float32))
+    pos = fields.identity_grid(shape) + u
+    pos[:, 0] += 5  # output rows sample the map's rows around 5 … 5 + shape[0]
+    lo, hi = source_rows(pos, full.shape[0])
+    assert torch.equal(linear_vote(full[lo:hi], pos, lo), reference_argmax(full[lo:hi], pos, lo))
+
+
+def test_corner_vote_breaks_ties_to_the_lower_value():
+    labels = torch.tensor([[9, 4], [4, 9]], dtype=torch.uint8)
+    pos = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)  # all four corners weigh 1/4: 9 and 4 tie at 1/2
+    assert int(linear_vote(labels, pos)) == 4
 
 
 def test_many_touching_one_voxel_segments_survive_a_large_deformation(tmp_path):

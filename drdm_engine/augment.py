@@ -197,7 +197,10 @@ def sample_working(image: sitk.Image, model: LoadedModel | None, samples: int, d
         raise DRDMError(f"--depth must be in 0…{schedule.timesteps - 1}, got {depth}")
     n = model.meta.size if model else (size or DIFFUSION_ONLY_SIZE[nd])
     grid = WorkingGrid.fit(geometry, n)
-    working = to_working(normalise_(_array(image)[None, None]), grid).to(device)
+    if model is None:  # diffusion only: the random field needs the working grid's size, not the image
+        working = torch.zeros((), device=device).expand((1, 1) + (n,) * nd)
+    else:
+        working = to_working(normalise_(_array(image)[None, None]), grid).to(device)
     generator = torch.Generator(device).manual_seed(int(seed))
     settings = RecoverySettings(recovery, model.meta.compose_padding if model else "border",
                                 autocast=recovery_dtype(precision, device))

@@ -61,6 +61,31 @@ def _sampling_grid(u: torch.Tensor) -> torch.Tensor:
     return (u.movedim(1, -1).flip(-1) + coords).div_(half).sub_(1)
 
 
+SPLIT_MIN_VOXELS = 1 << 16  # smallest output worth splitting across threads (smaller calls gain nothing)
+
+
+def grid_sample(image: torch.Tensor, grid: torch.Tensor, mode: Mode = "bilinear", padding: Padding = "zeros") -> torch.Tensor:
+    """``F.grid_sample(image, grid, mode, padding, align_corners=True)``, on every core of the CPU.
+
+    ``image``: ``(B, C, *in)``; ``grid``: ``(B, *out, nd)`` normalised. PyTorch's CPU kernels run the
+    batch elements in parallel but each element on one thread, so a batch-1 call used one core: on
+    the CPU it is split along its first output axis into one batch element per thread (the image is
+    shared, not copied). Every output value is computed exactly as before (bit for bit).
+    """
+    parts = min(torch.get_num_threads(), grid.shape[1])
+    if (grid.device.type != "cpu" or grid.shape[0] != 1 or parts < 2
+            or grid[0, ..., 0].numel() < SPLIT_MIN_VOXELS):
+        return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
+    rows = grid.shape[1]
+    per = -(-rows // parts)
+    parts = -(-rows // per)
+    if per * parts != rows:  # pad with copies of the last row; their output is cut off below
+        grid = torch.cat([grid, grid[:, -1:].expand(1, per * parts - rows, *grid.shape[2:])], 1)
+    out = F.grid_sample(image.expand(parts, *image.shape[1:]), grid.reshape(parts, per, *grid.shape[2:]),
+                        mode=mode, padding_mode=padding, align_corners=True)
+    return out.transpose(0, 1).reshape(1, image.shape[1], per * parts, *out.shape[3:])[:, :, :rows]
+
+
 def warp(image: torch.Tensor, u: torch.Tensor, mode: Mode = "bilinear", padding: Padding = "zeros") -> torch.Tensor:
     """Resample ``image`` ``(B, C, *spatial)`` at ``x + u(x)``; ``u`` is ``(B, nd, *spatial)`` in voxels.
 
@@ -72,7 +97,7 @@ def warp(image: torch.Tensor, u: torch.Tensor, mode: Mode = "bilinear", padding:
     grid = _sampling_grid(u)
     if grid.dtype != image.dtype:
         grid = grid.to(image.dtype)
-    return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=True)
+    return grid_sample(image, grid, mode, padding)
 
 
 def compose(a: torch.Tensor, b: torch.Tensor, padding: Padding = "border") -> torch.Tensor:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import fields
 
@@ -88,6 +87,12 @@ class WorkingGrid:
         """Per array axis ``(scale, shift)`` with ``i = scale * w + shift`` (input voxels)."""
         return [(self.spacing / s, o / s) for (_, s), o in zip(self._axes(), self.offsets_mm())]
 
+    def is_input(self) -> bool:
+        """Whether the working grid is the input grid itself (a cubic input of side ``size``): every
+        axis maps onto itself with scale 1 and shift 0 (to 1e-9 voxel)."""
+        return (self.input.shape == (self.size,) * self.input.ndims
+                and all(abs(scale - 1) < 1e-9 and abs(shift) < 1e-9 for scale, shift in self.input_to_working_index()))
+
     def input_to_working_index(self) -> list[tuple[float, float]]:
         """Per array axis ``(scale, shift)`` with ``w = scale * i + shift`` (working voxels)."""
         return [(s / self.spacing, -o / self.spacing) for (_, s), o in zip(self._axes(), self.offsets_mm())]
@@ -113,7 +118,7 @@ def to_working(array: torch.Tensor, grid: WorkingGrid, mode: str = "bilinear") -
     out_shape = (grid.size,) * nd
     g = _affine_axis_grid(out_shape, grid.working_to_input_index(), grid.input.shape, device=array.device)
     g = g.expand(array.shape[0], *g.shape[1:])
-    return F.grid_sample(array, g, mode=mode, padding_mode="zeros", align_corners=True)
+    return fields.grid_sample(array, g, mode, "zeros")
 
 
 def field_to_input_voxels(field: torch.Tensor, grid: WorkingGrid, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -121,11 +126,13 @@ def field_to_input_voxels(field: torch.Tensor, grid: WorkingGrid, start: int = 0
     in **input voxels** along each array axis, for input rows ``start:stop`` of array axis 0."""
     shape = list(grid.input.shape)
     stop = shape[0] if stop is None else stop
+    if grid.is_input():  # the working grid is the input grid: nothing to resample
+        return field[:, :, start:stop]
     shape[0] = stop - start
     g = _affine_axis_grid(tuple(shape), grid.input_to_working_index(), (grid.size,) * grid.input.ndims,
                           start, field.device)
     g = g.expand(field.shape[0], *g.shape[1:]).to(field.dtype)
-    sampled = F.grid_sample(field, g, mode="bilinear", padding_mode="border", align_corners=True)
+    sampled = fields.grid_sample(field, g, "bilinear", "border")
     ratio = torch.tensor([grid.spacing / s for _, s in grid._axes()], dtype=field.dtype, device=field.device)
     return sampled * ratio.view(1, -1, *([1] * grid.input.ndims))
 
@@ -166,4 +173,4 @@ def sample_rows(source: torch.Tensor, pos: torch.Tensor, mode: str, lo: int = 0)
     shifted[:, 0] -= lo
     half = torch.tensor([max(n - 1, 1) / 2 for n in shape], dtype=pos.dtype, device=pos.device)
     grid = (shifted / half.view(1, -1, *([1] * len(shape))) - 1).movedim(1, -1).flip(-1).to(source.dtype)
-    return F.grid_sample(source, grid, mode=mode, padding_mode="border", align_corners=True)
+    return fields.grid_sample(source, grid, mode, "border")

@@ -1,9 +1,10 @@
 """Label-safe warping: every output voxel takes a label value of the input, and every label of the
 input survives.
 
-The indicators of all labels are warped linearly together (one ``grid_sample`` over channel chunks
-that bound memory) and the output takes the label of the largest indicator (one-hot-linear-then-argmax,
-ties to the lower value): smoother boundaries than nearest neighbour, never a new value. A label that
+Every output voxel takes the label whose indicator, warped linearly, is largest there
+(one-hot-linear-then-argmax, ties to the lower value): smoother boundaries than nearest neighbour,
+never a new value. It is computed without the indicators (:func:`linear_vote`): the labels at the
+``2^nd`` grid corners around each position vote with their linear weights. A label that
 the argmax loses entirely (a structure squeezed below one voxel, or outvoted by touching neighbours)
 is put back at the voxel where its warped indicator is highest among voxels whose own label keeps
 other voxels; a label no output voxel samples at all (moved out of view) is put where the output
@@ -21,6 +22,7 @@ from .geometry import sample_rows, source_rows
 CHUNK = 1 << 24
 INDICATOR_BUDGET = 1 << 24  # indicator/score elements held at once (channel chunks): 64 MiB of float32
 CANDIDATES = 32  # best voxels considered per lost label
+VOTE_CHUNK = 1 << 20  # output voxels voted at once (bounds the corner tables: 2^nd values each)
 
 Positions = Callable[[], Iterable[tuple[int, torch.Tensor]]]
 
@@ -47,6 +49,66 @@ def compact_labels(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array.astype(np.uint8))
     info = np.iinfo(np.int32)
     return torch.from_numpy(array.astype(np.int32 if info.min <= low and high <= info.max else np.int64))
+
+
+def linear_vote(source: torch.Tensor, pos: torch.Tensor, lo: int = 0) -> torch.Tensor:
+    """Label-safe linear warp of the label rows ``source`` ``(rows, ...)`` (integer; rows ``lo…`` of the
+    map) at input-voxel positions ``pos`` ``(1, nd, *out)``, border padding as :func:`sample_rows`.
+
+    Each output voxel takes, among the labels at the ``2^nd`` corners of the grid cell around its
+    position, the one with the largest summed (multi)linear weight, ties to the lower value: the
+    argmax of every label's indicator warped linearly, without warping any indicator. The weights and
+    their sums follow ``grid_sample``'s own arithmetic in 3D, so the 3D result equals the argmax of a
+    trilinear ``grid_sample`` of the indicators bit for bit. Where all corners agree (most voxels),
+    their label is taken at once. Returns ``(*out)`` in ``source``'s dtype.
+    """
+    coords = pos[0].reshape(pos.shape[1], -1)
+    result = torch.empty(coords.shape[1], dtype=source.dtype)
+    padded = source
+    for a in range(source.dim()):  # one more copy of the last row of each axis: the cell above it always exists
+        padded = torch.cat([padded, padded.narrow(a, padded.shape[a] - 1, 1)], a)
+    for begin in range(0, coords.shape[1], VOTE_CHUNK):
+        chunk = coords[:, begin:begin + VOTE_CHUNK]
+        result[begin:begin + chunk.shape[1]] = _vote(padded, chunk, lo)
+    return result.view(pos.shape[2:])
+
+
+def _vote(padded: torch.Tensor, coords: torch.Tensor, lo: int) -> torch.Tensor:
+    """:func:`linear_vote` at positions ``coords`` ``(nd, m)`` (axis 0 offset by ``lo``) of the label rows
+    ``padded`` (each axis one longer, its last row repeated): the winning label per position, ``(m,)``."""
+    nd = padded.dim()
+    strides = padded.stride()
+    base = torch.zeros(coords.shape[1], dtype=torch.int64)
+    near, far = [], []
+    for a in range(nd):
+        n = padded.shape[a] - 1
+        p = coords[a] - lo if a == 0 else coords[a]
+        half = max(n - 1, 1) / 2
+        x = (((p / half - 1) + 1) / 2 * (n - 1)).clamp_(0, n - 1)  # grid_sample's own source index
+        low = x.floor()
+        near.append((low + 1) - x)  # weight of the lower corner; at the last row 0 for the copy above it
+        far.append(x - low)
+        base += low.long() * strides[a]
+    offsets = [0]
+    for a in range(nd - 1, -1, -1):  # the last array axis (grid_sample's x) varies fastest: its corner order
+        offsets = [o + c * strides[a] for c in (0, 1) for o in offsets]
+    flat = padded.reshape(-1)
+    corners = torch.stack([flat.take(base + o) for o in offsets])
+    out = corners[0].clone()
+    mixed = (corners != corners[0]).any(0).nonzero().flatten()
+    if mixed.numel():
+        labels = corners[:, mixed]
+        weights = [None]
+        for a in range(nd - 1, -1, -1):  # products in grid_sample's order: x weight first
+            weights = [(w if v is None else v * w) for w in (near[a][mixed], far[a][mixed]) for v in weights]
+        weights = torch.stack(weights)
+        scores = torch.zeros_like(weights)
+        for j in range(len(offsets)):  # summed in corner order from 0, as grid_sample sums
+            scores += weights[j] * (labels == labels[j])
+        best = scores == scores.max(0).values
+        fill = torch.iinfo(labels.dtype).max
+        out[mixed] = torch.where(best, labels, torch.full_like(labels, fill)).amin(0)
+    return out
 
 
 def _merge_top(scores: torch.Tensor, indices: torch.Tensor, new_scores: torch.Tensor,
@@ -93,16 +155,8 @@ class LabelWarper:
 
     def add_slab(self, start: int, stop: int, pos: torch.Tensor) -> None:
         """Fill output rows ``start:stop`` from input-voxel positions ``pos`` ``(1, nd, stop-start, ...)``."""
-        best_score = best = None
-        for chunk, score in self._scores(start, pos):
-            top, arg = score.max(0)
-            if best is None:
-                best_score, best = top, chunk[arg]
-            else:
-                take = top > best_score
-                best_score = torch.where(take, top, best_score)
-                best = torch.where(take, chunk[arg], best)
-        self.out[start:stop] = self.values[best].to(self.labels.dtype)
+        lo, hi = source_rows(pos, self.labels.shape[0])
+        self.out[start:stop] = linear_vote(self.labels[lo:hi], pos, lo)
 
     def _highest_scores(self, lost: list[int], positions: Positions) -> tuple[torch.Tensor, torch.Tensor]:
         """Per lost label, its :data:`CANDIDATES` output voxels of highest warped indicator
