@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from drdm_engine import fields, network, sampler
-from drdm_engine.diffusion import DiffusionSchedule, _to_image_grid, forward_fields
+from drdm_engine.diffusion import DiffusionSchedule, _integrate_to_image, _to_image_grid, forward_fields
 from drdm_engine.network import RecResACNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -181,3 +181,13 @@ def test_separable_crop_equals_published_upsample_and_crop(ndims, size, side):
     crop = up[(slice(None), slice(None)) + (slice(size // 2, size // 2 + size),) * ndims]
     expected = crop * (schedule.gain(size) * size / side)
     assert torch.allclose(_to_image_grid(control, size, schedule), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_per_sample_integration_equals_the_whole_batch():
+    """On the CPU the forward fields are integrated and mapped one batch element at a time: the same
+    values as the whole batch at once, bit for bit (mixed exponents too)."""
+    schedule = DiffusionSchedule(control_size=16)
+    v = torch.randn((3, 3, 16, 16, 16), generator=torch.Generator().manual_seed(2)) * 0.3
+    for n in (torch.tensor([37, 37, 37]), torch.tensor([5, 60, 1])):
+        expected = _to_image_grid(fields.power(v, n), 24, schedule)
+        assert torch.equal(_integrate_to_image(v, n, 24, schedule, fields.power), expected)

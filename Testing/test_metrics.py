@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from drdm_engine import fields
+from drdm_engine import metrics
 from drdm_engine.metrics import label_agreement, strided_norms
 from drdm_engine.order import quantile
 
@@ -48,3 +49,18 @@ def test_label_agreement_counts_every_label_type(dtype: torch.dtype) -> None:
         assert result["dice"][key] == pytest.approx(2 * int((a & b).sum()) / int(a.sum() + b.sum()), abs=1e-12)
         assert result["volume_change"][key] == pytest.approx((int(b.sum()) - int(a.sum())) / int(a.sum()), abs=1e-12)
     assert set(result["dice"]) == {"first", *(str(v) for v in palette[2:].tolist())}
+
+
+@pytest.mark.parametrize("shape", [(37, 20, 18), (16, 9, 9), (17, 5, 6), (2, 7, 7), (50, 40)])
+def test_folding_over_slabs_equals_the_whole_field(shape):
+    """Slabs with one row either side give the determinants of the whole field: the same folded count
+    and minimum, whatever the slab height (one row, a remainder, a single slab)."""
+    nd = len(shape)
+    g = torch.Generator().manual_seed(3)
+    u = fields.resize(torch.randn((1, nd) + (4,) * nd, generator=g) * 4, shape)
+    det = fields.jacobian_determinant(u)
+    assert int((det <= 0).sum()) > 0
+    for rows in (1, 3, 16, 100):
+        figures = metrics.folding(u, rows)
+        assert figures["jacobian_min"] == float(det.min())
+        assert figures["folding_fraction"] == int((det <= 0).sum()) / det.numel()

@@ -75,27 +75,38 @@ def _to_image_grid(control: torch.Tensor, size: int, schedule: DiffusionSchedule
     """Control field (control voxels) -> image field (image voxels): the central ``size`` crop of a
     ``2 * size`` linear upsampling (``align_corners=False``) of the gain-scaled field, as published.
 
-    When ``2 * size`` is a multiple of the control side, only the control block the crop reads (plus one
-    voxel of margin) is upsampled, by the same integer factor: the same interpolation weights as the
-    full upsampling, without computing the three quarters of it that the crop discards.
+    Computed separably, one matrix product per axis with the interpolation weights of the cropped
+    rows only (:func:`_crop_weights`): the crop of the full upsampling to float rounding, without
+    computing the part the crop discards.
     """
     side = schedule.control_size
-    first, length, factor = _crop_block(size, side)
+    weights, first = _crop_weights(size, side, control.dtype, control.device)
     nd = control.dim() - 2
-    block = control[(slice(None), slice(None)) + (slice(first, first + length),) * nd]
-    block = block * (schedule.gain(size) * size / side)
-    mode = "bilinear" if nd == 2 else "trilinear"
-    up = F.interpolate(block, size=(round(length * factor),) * nd, mode=mode, align_corners=False)
-    offset = size // 2 - round(first * factor)
-    return up[(slice(None), slice(None)) + (slice(offset, offset + size),) * nd]
+    span = weights.shape[1]
+    block = control[(slice(None), slice(None)) + (slice(first, first + span),) * nd]
+    out = block @ (weights * (schedule.gain(size) * size / side)).T  # last axis: (..., span) -> (..., size)
+    lead = out.shape[:2]
+    for axis in range(nd - 2, -1, -1):  # each earlier axis as the rows of a matrix product
+        rest = out.shape[3 + axis:]
+        out = (weights @ out.reshape(*lead, *out.shape[2:2 + axis], span, -1)).reshape(
+            *lead, *out.shape[2:2 + axis], size, *rest)
+    return out
 
 
-def _crop_block(size: int, side: int) -> tuple[int, int, float]:
-    """``(first, length, factor)``: the control voxels ``first … first + length - 1`` that the central
-    ``size`` crop of a ``2 * size`` upsampling reads, and the upsampling factor ``2 size / side``."""
-    if (2 * size) % side or side < 4:
-        return 0, side, 2 * size / side
-    return side // 4 - 1, side // 2 + 2, (2 * size) // side
+def _crop_weights(size: int, side: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, int]:
+    """Linear interpolation weights ``(size, span)`` of the central ``size`` outputs of an
+    ``align_corners=False`` upsampling from ``side`` to ``2 * size`` points, over the control points
+    ``first … first + span - 1`` they read; returns ``(weights, first)``."""
+    out = torch.arange(size // 2, size // 2 + size, dtype=torch.float64)
+    source = ((out + 0.5) * (side / (2 * size)) - 0.5).clamp_min(0)
+    low = source.floor().long()
+    high = (low + 1).clamp_max(side - 1)
+    first, last = int(low.min()), int(high.max())
+    weights = torch.zeros(size, last - first + 1, dtype=torch.float64)
+    rows = torch.arange(size)
+    weights[rows, low - first] += 1 - (source - low)
+    weights[rows, high - first] += source - low
+    return weights.to(device, dtype), first
 
 
 def forward_fields(t: torch.Tensor, ndims: int, size: int, schedule: DiffusionSchedule = DiffusionSchedule(),
@@ -109,11 +120,24 @@ def forward_fields(t: torch.Tensor, ndims: int, size: int, schedule: DiffusionSc
     v = random_velocity(batch, ndims, schedule, schedule.v_scale, generator, device)
     v_noise = random_velocity(batch, ndims, schedule, schedule.noise_ratio * schedule.v_scale, generator, device)
     v0 = v + fields.warp(v_noise, v, "bilinear", "border")
-    full = _to_image_grid(integrator(v0, steps_full(t), "border"), size, schedule)
+    full = _integrate_to_image(v0, steps_full(t), size, schedule, integrator)
     if not with_clean:
         return full, None
-    clean = _to_image_grid(integrator(v, steps_clean(t), "border"), size, schedule)
-    return full, clean
+    return full, _integrate_to_image(v, steps_clean(t), size, schedule, integrator)
+
+
+def _integrate_to_image(v: torch.Tensor, n: torch.Tensor, size: int, schedule: DiffusionSchedule,
+                        integrator: Integrator) -> torch.Tensor:
+    """``v^n`` on the control grid mapped onto the image grid, ``(B, nd, size^nd)`` image voxels. On the
+    CPU one batch element at a time into one output (batch-1 compositions use every thread there):
+    the same values as the whole batch at once, with a batch element's temporaries instead of the
+    batch's."""
+    if v.device.type != "cpu" or v.shape[0] == 1:
+        return _to_image_grid(integrator(v, n, "border"), size, schedule)
+    out = torch.empty((v.shape[0], v.shape[1]) + (size,) * (v.dim() - 2), dtype=v.dtype)
+    for k in range(v.shape[0]):
+        out[k] = _to_image_grid(integrator(v[k:k + 1], n[k:k + 1], "border"), size, schedule)[0]
+    return out
 
 
 def diffuse(image: torch.Tensor, field: torch.Tensor, mode: str | None = None) -> torch.Tensor:

@@ -29,6 +29,8 @@ PIXEL_BYTES = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sit
                sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8}
 SCALAR_PIXELS = tuple(PIXEL_BYTES)
 FIELD_COMPRESSION_DEFAULT = 0  # measured: gzip level 1 saves 7 % of a field for about 5x the write time
+SEGMENTATION_COMPRESSION = 6  # gzip level of .seg.nrrd (zlib's default): measured on the bundled case, 7 ms
+# and 27.7 kB per file against slicerio's default 9: 78 ms and 26.2 kB
 
 
 def suffix_of(path: str | os.PathLike) -> str:
@@ -394,7 +396,7 @@ def write_segmentation(labels: sitk.Image, source: Labels, path: str | os.PathLi
     path = Path(path)
     tmp = atomic_path(path)
     try:
-        slicerio.write_segmentation(str(tmp), segmentation)
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=SEGMENTATION_COMPRESSION)
         _patch_nrrd_header(tmp, restore)
         os.replace(tmp, path)
     finally:
