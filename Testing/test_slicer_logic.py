@@ -196,6 +196,8 @@ def test_bad_settings_and_overlapping_segments_are_refused(scene, case):
         fakeLogic().start(volume, depth=0)
     with pytest.raises(ValueError, match="model file not found"):
         fakeLogic().start(volume, model="/no/such/model.pt")
+    with pytest.raises(ValueError, match="not a folder"):
+        fakeLogic().start(volume, model=str(ROOT / "drdm_engine" / "models"))
     mask = np.zeros(slicer_array(volume).shape, np.uint8)
     mask[4:8, 4:8, 4:8] = 1
     overlapping = addSegmentation(scene, volume, [("a", "A", (1, 0, 0), mask), ("b", "B", (0, 1, 0), mask)])

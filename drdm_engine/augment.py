@@ -266,6 +266,15 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     return cases()
 
 
+def warp_rows(source: np.ndarray, out: np.ndarray, start: int, stop: int, pos: torch.Tensor) -> None:
+    """Fill rows ``start:stop`` of ``out`` with ``source`` (same array shape, any pixel types) sampled
+    linearly at input-voxel positions ``pos`` ``(1, nd, stop - start, ...)``: only the source rows the
+    positions reach are converted to float, and the result is stored in ``out``'s dtype at once."""
+    lo, hi = source_rows(pos, source.shape[0])
+    band = torch.from_numpy(source[lo:hi].astype(np.float32))[None, None]
+    out[start:stop] = _into_dtype(sample_rows(band, pos, "bilinear", lo)[0, 0].numpy(), out.dtype)
+
+
 def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field: torch.Tensor, grid: WorkingGrid,
            image: sitk.Image, labels: Labels | None) -> AugmentedCase:
     """Map one working-grid field onto the input grid and warp the full-resolution image and labels.
@@ -289,9 +298,7 @@ def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field:
     step = max(1, math.ceil(max(shape[-2:]) / PREVIEW_SIDE))
     u_rows = []
     for start, stop, u, pos in slab_positions(shape, field.voxels, rows):
-        lo, hi = source_rows(pos, shape[0])
-        band = torch.from_numpy(source[lo:hi].astype(np.float32))[None, None]
-        out[start:stop] = _into_dtype(sample_rows(band, pos, "bilinear", lo)[0, 0].numpy(), out.dtype)
+        warp_rows(source, out, start, stop, pos)
         norms.append(strided_norms(voxels_to_physical(u, geometry)[0], start * slab_voxels, stride))
         if centre is None:
             u_rows.append(u[0, :, (-start) % step::step, ::step])

@@ -20,8 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .augment import SLAB_VOXELS, InputField, _into_dtype, resolve_device, resolve_model, sample_working
-from .geometry import WorkingGrid, sample_rows, slab_positions, source_rows
+from .augment import SLAB_VOXELS, InputField, resolve_device, resolve_model, sample_working, warp_rows
+from .geometry import WorkingGrid, slab_positions
 from .labels import LabelWarper, compact_labels
 from .pairs import between
 
@@ -68,10 +68,8 @@ def warp_arrays(sources: list[np.ndarray], labels: list[np.ndarray], field: Fiel
 
     with torch.inference_mode():
         for start, stop, _, pos in slab_positions(shape, voxels, rows):
-            lo, hi = source_rows(pos, shape[0])
             for source, out in zip(sources, outs):
-                band = torch.from_numpy(source[lo:hi].astype(np.float32))[None, None]
-                out[start:stop] = _into_dtype(sample_rows(band, pos, "bilinear", lo)[0, 0].numpy(), out.dtype)
+                warp_rows(source, out, start, stop, pos)
             for warper in warpers:
                 warper.add_slab(start, stop, pos)
     return outs, [w.result(positions).numpy().astype(l.dtype) for w, l in zip(warpers, labels)]

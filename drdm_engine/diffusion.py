@@ -71,26 +71,29 @@ def random_velocity(batch: int, ndims: int, schedule: DiffusionSchedule, scale: 
     return total * side
 
 
-def _to_image_grid(control: torch.Tensor, size: int, schedule: DiffusionSchedule) -> torch.Tensor:
+def _to_image_grid(control: torch.Tensor, size: int, schedule: DiffusionSchedule,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Control field (control voxels) -> image field (image voxels): the central ``size`` crop of a
     ``2 * size`` linear upsampling (``align_corners=False``) of the gain-scaled field, as published.
 
     Computed separably, one matrix product per axis with the interpolation weights of the cropped
     rows only (:func:`_crop_weights`): the crop of the full upsampling to float rounding, without
-    computing the part the crop discards.
+    computing the part the crop discards. The last product is written into ``out`` (a contiguous
+    ``(B, nd, size^nd)`` tensor) when given.
     """
     side = schedule.control_size
     weights, first = _crop_weights(size, side, control.dtype, control.device)
     nd = control.dim() - 2
     span = weights.shape[1]
     block = control[(slice(None), slice(None)) + (slice(first, first + span),) * nd]
-    out = block @ (weights * (schedule.gain(size) * size / side)).T  # last axis: (..., span) -> (..., size)
-    lead = out.shape[:2]
+    result = block @ (weights * (schedule.gain(size) * size / side)).T  # last axis: (..., span) -> (..., size)
+    lead = result.shape[:2]
     for axis in range(nd - 2, -1, -1):  # each earlier axis as the rows of a matrix product
-        rest = out.shape[3 + axis:]
-        out = (weights @ out.reshape(*lead, *out.shape[2:2 + axis], span, -1)).reshape(
-            *lead, *out.shape[2:2 + axis], size, *rest)
-    return out
+        rows = result.reshape(*lead, *result.shape[2:2 + axis], span, -1)
+        if axis == 0 and out is not None:
+            return torch.matmul(weights, rows, out=out.view(*lead, size, -1)).view(out.shape)
+        result = (weights @ rows).reshape(*lead, *result.shape[2:2 + axis], size, *result.shape[3 + axis:])
+    return result
 
 
 def _crop_weights(size: int, side: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, int]:
@@ -136,7 +139,7 @@ def _integrate_to_image(v: torch.Tensor, n: torch.Tensor, size: int, schedule: D
         return _to_image_grid(integrator(v, n, "border"), size, schedule)
     out = torch.empty((v.shape[0], v.shape[1]) + (size,) * (v.dim() - 2), dtype=v.dtype)
     for k in range(v.shape[0]):
-        out[k] = _to_image_grid(integrator(v[k:k + 1], n[k:k + 1], "border"), size, schedule)[0]
+        _to_image_grid(integrator(v[k:k + 1], n[k:k + 1], "border"), size, schedule, out[k:k + 1])
     return out
 
 

@@ -53,6 +53,8 @@ class GenerationSettings:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         model = (self.model or "").strip() or None
+        if model and model != "none" and Path(model).is_dir():
+            raise ValueError(f"model must be a checkpoint file (.pt), not a folder: {model}")
         if model and model != "none" and not Path(model).is_file():
             raise ValueError(f"model file not found: {model}")
         seed = random.SystemRandom().randrange(2**31) if self.seed is None else int(self.seed)
