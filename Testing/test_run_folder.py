@@ -171,3 +171,20 @@ def test_two_runs_started_together_into_a_new_folder_one_wins(tmp_path, case, st
     assert len(errors) == 1 and ("in use by another drdm run" in errors[0] or "already exists" in errors[0])
     assert len(json.loads((out / "manifest.json").read_text())["samples"]) == 6
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_overwrite_with_fewer_samples_names_the_earlier_files_it_leaves(tmp_path, case, capsys):
+    """`--overwrite` replaces same-named outputs only: sample files of an earlier run with more samples
+    stay (nothing a run did not write is deleted), and the run says so in one line."""
+    out = tmp_path / "out"
+    small = ["--depth", "40", "--model", "none", "--size", "32"]
+    assert main(["augment", str(case[0]), "--out", str(out), "--samples", "3", *small]) == 0
+    capsys.readouterr()
+    assert main(["augment", str(case[0]), "--out", str(out), "--samples", "1", "--overwrite", *small]) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    stem = case[0].name.split(".")[0]
+    leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith(f"{stem}_drdm_00") and "_000" not in p.name)
+    assert leftovers and len(note) == 1 and f"{len(leftovers)} files of an earlier run" in note[0]
+    assert len(json.loads((out / "manifest.json").read_text())["samples"]) == 1
+    assert main(["augment", str(case[0]), "--out", str(out), "--samples", "3", "--overwrite", *small]) == 0
+    assert "note:" not in capsys.readouterr().err

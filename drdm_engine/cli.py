@@ -57,7 +57,7 @@ def _augment(args: argparse.Namespace) -> int:
 def _run_augment(args: argparse.Namespace) -> int:
     from .augment import DIFFUSION_ONLY_SIZE, check_settings, generate, resolve_device, resolve_model
     from .dataset_cli import run_from_args, wants_dataset
-    from .export import MANIFEST, output_matcher, write_run
+    from .export import MANIFEST, earlier_samples, output_matcher, write_run
     from .io import check_image_info, inspect_image, is_single_slice, read_image, read_labels
     from .precision import recovery_dtype
     from .resources import check, estimate
@@ -112,6 +112,11 @@ def _run_augment(args: argparse.Namespace) -> int:
             progress.close()
     print(f"drdm: wrote {len(manifest['samples'])} {manifest['mode']} samples to {out}/ (see {out}/manifest.json)",
           file=sys.stderr)
+    earlier = earlier_samples(out, args.image, args.samples, args.labels)
+    if earlier:
+        print(f"drdm: note: {len(earlier)} files of an earlier run with more samples remain in {out}/ "
+              f"({earlier[0]}{', …' if len(earlier) > 1 else ''}); the manifest lists this run's samples only",
+              file=sys.stderr)
     return 0
 
 

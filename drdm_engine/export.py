@@ -54,20 +54,38 @@ def sample_names(image_path: str, index: int, has_labels: bool, seg_nrrd: bool) 
     return {"image": f"{base}{suffix}", "labels": labels, "field": f"{base}_field.nrrd", "preview": f"{base}_preview.png"}
 
 
-def output_matcher(image_path: str, samples: int, labels_path: str | None) -> Callable[[str], bool]:
-    """Predicate: is a file name one this run writes (any sample's file, or the manifest)?"""
+def _sample_index(image_path: str, labels_path: str | None) -> Callable[[str], int | None]:
+    """The sample index of a file name that runs on this image (and labels) write, whatever their
+    sample count; ``None`` for any other name."""
     seg_nrrd = labels_path is not None and suffix_of(labels_path) == ".seg.nrrd"
     first = sample_names(image_path, 0, labels_path is not None, seg_nrrd)
     base = f"{stem_of(image_path)}_drdm_"
     tails = {name[len(base) + 3:] for name in first.values() if name}
 
-    def is_output(name: str) -> bool:
-        if name == MANIFEST:
-            return True
+    def index_of(name: str) -> int | None:
         index, tail = name[len(base):len(base) + 3], name[len(base) + 3:]
-        return name.startswith(base) and index.isdigit() and int(index) < samples and tail in tails
+        return int(index) if name.startswith(base) and index.isdigit() and tail in tails else None
+
+    return index_of
+
+
+def output_matcher(image_path: str, samples: int, labels_path: str | None) -> Callable[[str], bool]:
+    """Predicate: is a file name one this run writes (any sample's file, or the manifest)?"""
+    index_of = _sample_index(image_path, labels_path)
+
+    def is_output(name: str) -> bool:
+        index = index_of(name)
+        return name == MANIFEST or (index is not None and index < samples)
 
     return is_output
+
+
+def earlier_samples(out: Path, image_path: str, samples: int, labels_path: str | None) -> list[str]:
+    """Sample files in ``out`` that an earlier run on this image wrote beyond this run's ``samples``
+    (``--overwrite`` replaces same-named files only; these stay, and the manifest does not list them)."""
+    index_of = _sample_index(image_path, labels_path)
+    indices = {p.name: index_of(p.name) for p in out.iterdir()}
+    return sorted(name for name, index in indices.items() if index is not None and index >= samples)
 
 
 def write_run(out: Path, image_path: str, labels_path: str | None, labels: Labels | None,
