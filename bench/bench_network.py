@@ -44,13 +44,45 @@ def convolution_flop(model: RecResACNet, image: torch.Tensor, t: torch.Tensor) -
     return total
 
 
+def layer_rates(ndims: int, size: int, repeats: int) -> None:
+    """GFLOP/s of single fast-layer 3x3 convolutions at the network's channel counts and levels, next to
+    the channel counts oneDNN's blocked weights pad them to (multiples of 16), and the matmul rate."""
+    from drdm_engine.network import Conv2d, Conv3d, _channels_last
+
+    a, b = torch.rand(MATMUL_SIDE, MATMUL_SIDE), torch.rand(MATMUL_SIDE, MATMUL_SIDE)
+    works, flops = {"fp32 matmul 4096^3 (peak)": lambda: torch.mm(a, b)}, {}
+    for channels, padded, side in ((10, 16, size), (20, 32, size // 2), (40, 48, size // 4)):
+        for c in (channels, padded):
+            conv = (Conv2d if ndims == 2 else Conv3d)(c, c, 3, padding=1).eval()
+            x = _channels_last(torch.rand((1, c) + (side,) * ndims))
+            label = f"3x3 conv {c} -> {c} channels at {side}^{ndims}"
+            works[label] = lambda conv=conv, x=x: conv(x)
+            flops[label] = 2 * side ** ndims * c * c * 3 ** ndims
+    print(machine())
+    with torch.inference_mode():
+        for work in works.values():
+            work()
+        times = measure(works, repeats)
+    peak = 2 * MATMUL_SIDE ** 3 / times["fp32 matmul 4096^3 (peak)"][0]
+    print(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s; fast layers (oneDNN, channels-last), {repeats} repeats (median)")
+    for label, flop in flops.items():
+        seconds = times[label][0]
+        print(f"{label:<40} {seconds * 1e3:8.2f} ms  {flop / seconds / 1e9:6.1f} GFLOP/s = "
+              f"{100 * flop / seconds / peak:5.1f} % of peak")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES), default="3d64")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="also time the fast layers under bf16 autocast")
+    parser.add_argument("--layers", action="store_true",
+                        help="instead: one fast 3x3 convolution per U-Net level (10/20/40 channels) against the "
+                             "same with the channels oneDNN pads them to (16/32/48), and the matmul rate")
     args = parser.parse_args()
+    if args.layers:
+        return layer_rates(*CASES[args.case], args.repeats)
     ndims, size = CASES[args.case]
     torch.manual_seed(0)
     model = RecResACNet(ndims).eval()
