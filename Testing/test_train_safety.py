@@ -228,3 +228,16 @@ def test_a_failed_run_leaves_no_folder_behind(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert_refused(run_cli(capsys, train_args(tmp_path / "empty", tmp_path / "new" / "run")), "no NIfTI/NRRD/MHA")
     assert not (tmp_path / "new" / "run").exists()
+
+
+def test_cpu_training_that_would_not_fit_in_memory_is_one_line(data, tmp_path, capsys, monkeypatch):
+    """The activations kept for the backward pass (about 2000 floats per voxel and sample) are estimated
+    before the network is built: a run that would not fit is refused with how to fit it, and runs with
+    --force-large."""
+    import drdm_engine.resources as resources
+    monkeypatch.setattr(resources, "available_memory", lambda: resources.BASE_MEMORY + 3 * 16 ** 2 * 4 * 2000)
+    result = run_cli(capsys, train_args(data, tmp_path / "run", "--batch-size", 8))
+    assert_refused(result, "use --batch-size 3 or less")
+    assert "--force-large" in result[1][0] and not (tmp_path / "run").exists()
+    assert main(train_args(data, tmp_path / "run", "--batch-size", 3)) == 0
+    assert main(train_args(data, tmp_path / "big", "--batch-size", 8, "--force-large")) == 0

@@ -82,6 +82,8 @@ class TrainConfig:
     """Continue the run saved in this checkpoint.pt (step counter, optimiser, random state)."""
     overwrite: bool = False
     """Replace the files of an earlier run in ``out`` (only the files training writes; nothing else)."""
+    force_large: bool = False
+    """Train on the CPU even when the estimated memory exceeds what is available."""
     progress: bool = True
     """Show a progress bar."""
 

@@ -24,6 +24,7 @@ from ..errors import DRDMError
 from ..limits import sub_seed
 from ..network import RecResACNet
 from ..precision import mixed_precision_dtype
+from ..resources import check_training_memory
 from . import distributed
 from .augment import augment
 from .config import TrainConfig
@@ -104,6 +105,9 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.data = data if data is not None else load_training_data(config)
         self.ndims = self.data.train.ndims
+        if self.device.type == "cpu" and not config.force_large:
+            check_training_memory(self.ndims, config.size, config.batch_size,
+                                  int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         net, training, source_meta = starting_network(config, self.ndims)
         self.group = distributed.start(self.device)
         self.memory_format = _memory_format(self.device, self.ndims)
