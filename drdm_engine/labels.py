@@ -122,7 +122,8 @@ def _merge_top(scores: torch.Tensor, indices: torch.Tensor, new_scores: torch.Te
 class LabelWarper:
     """Accumulates a label-safe warp of ``labels`` ``(*shape)`` (integer tensor) slab by slab.
 
-    ``budget``: float elements of indicators and scores held at once (the labels are warped in
+    Each slab is voted by :func:`linear_vote`. ``budget``: float elements of indicators and scores
+    held at once when a lost label is scored for its restoration (the indicators are warped in
     channel chunks of at most that size)."""
 
     def __init__(self, labels: torch.Tensor, budget: int = INDICATOR_BUDGET):
@@ -137,15 +138,14 @@ class LabelWarper:
         """Index of each voxel's value in :attr:`values` (int64, same shape)."""
         return torch.searchsorted(self.values, labels.to(torch.int64).reshape(-1)).view(labels.shape)
 
-    def _scores(self, start: int, pos: torch.Tensor, wanted: torch.Tensor | None = None):
+    def _scores(self, start: int, pos: torch.Tensor, wanted: torch.Tensor):
         """Warped indicators of output rows from ``start`` at positions ``pos``, by channel chunks:
-        yields ``(channels, scores (len(channels), *pos.shape[2:]))`` for the labels present in the
-        source rows (only those in ``wanted``, when given)."""
+        yields ``(channels, scores (len(channels), *pos.shape[2:]))`` for the labels of ``wanted``
+        (channel indices) present in the source rows."""
         lo, hi = source_rows(pos, self.labels.shape[0])
         channel = self._channels(self.labels[lo:hi])
         present = torch.nonzero(torch.bincount(channel.reshape(-1), minlength=len(self.values))).flatten()
-        if wanted is not None:
-            present = present[torch.isin(present, wanted)]
+        present = present[torch.isin(present, wanted)]
         if present.numel() == 0:
             return
         per_chunk = max(1, self.budget // max(channel.numel(), pos[0, 0].numel()))
