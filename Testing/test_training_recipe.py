@@ -124,6 +124,21 @@ def test_recovery_metrics_of_a_quiet_network_are_no_motion(cache2d):
         assert metrics["ratio"] < 0.02 and -1 <= metrics["cosine"] <= 1
 
 
+def test_foreground_cosine_is_the_cosine_over_the_voxels_above_the_threshold(cache2d):
+    """Below every intensity it is the cosine over all voxels; above some, a different mean that still
+    lies in [-1, 1]; without the option no such key (validation.csv keeps its columns)."""
+    _, held = load_cache(cache2d, 32)
+    net = RecResACNet(2)
+    args = (net, held.volumes, DiffusionSchedule(amplitude=2.0), buckets_for(80, 2), 1)
+    everything = recovery_metrics(*args, foreground=-1.0)
+    some = recovery_metrics(*args, foreground=0.3)
+    plain = recovery_metrics(*args)
+    for label, metrics in everything.items():
+        assert metrics["cosine_foreground"] == pytest.approx(metrics["cosine"], abs=1e-6)
+        assert -1 <= some[label]["cosine_foreground"] <= 1 and some[label]["cosine_foreground"] != metrics["cosine"]
+        assert "cosine_foreground" not in plain[label] and plain[label]["cosine"] == metrics["cosine"]
+
+
 BLOCK_SIMPLEITK = """
 import sys
 class Block:

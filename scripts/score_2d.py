@@ -3,7 +3,7 @@ folding of its samples against diffusion-only fields, on held-out slices of a vo
 2D image files. Used for the learning-curve comparison and the model cards of issue 10.
 
     python scripts/score_2d.py --model cmr2d --cache training_data/slices_64.pt --size 256 --every 4
-    python scripts/score_2d.py --model runs/proof2d/model.pt --cache training_data/slices_64.pt
+    python scripts/score_2d.py --model runs/proof2d/model.pt --cache training_data/slices_64.pt --foreground 0.05
     python scripts/score_2d.py --model cmr2d --images ../shared/reference/cmr_slice_256.nii.gz --depths 16 32 48
 
 ``--amplitude`` scores the model on deformations of another gain than its own (e.g. 2 for a published
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=2, help="deformations per image and bucket")
     parser.add_argument("--depths", type=int, nargs="*", default=[], help="sample depths T0 for folding")
     parser.add_argument("--recovery", default="published", choices=("published", "from-depth"))
+    parser.add_argument("--foreground", type=float, default=None,
+                        help="also the cosine over the pixels above this normalised intensity (e.g. 0.05)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
@@ -80,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     images = held_out_images(args, size)
     report = {"model": args.model, "size": size, "amplitude": schedule.gain(size), "images": int(images.shape[0]),
               "samples": args.samples,
-              "recovery": recovery_metrics(model.net, images, schedule, buckets_for(80, 4), args.samples, seed=0)}
+              "recovery": recovery_metrics(model.net, images, schedule, buckets_for(80, 4), args.samples, seed=0,
+                                           foreground=args.foreground)}
     if args.depths:
         report["folding"] = folding(model.net, images, schedule, args.depths, 1, model.meta.compose_padding,
                                     args.recovery)
     print(f"{args.model} at {size}^2, gain {report['amplitude']:g}, {report['images']} image(s):")
     for label, m in report["recovery"].items():
-        print(f"  {label}: MRSE {m['mrse']:.3f}  cosine {m['cosine']:.3f}  |q|/|c| {m['ratio']:.2f}")
+        extra = f"  cosine (foreground) {m['cosine_foreground']:.3f}" if "cosine_foreground" in m else ""
+        print(f"  {label}: MRSE {m['mrse']:.3f}  cosine {m['cosine']:.3f}  |q|/|c| {m['ratio']:.2f}{extra}")
     for row in report.get("folding", []):
         print(f"  T0={row['depth']}: folding DRDM {row['drdm_folding_pct']:.3f} % vs diffusion-only "
               f"{row['diffusion_folding_pct']:.3f} %; mean |u| {row['drdm_mean_disp_vox']:.2f} vs "

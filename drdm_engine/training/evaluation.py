@@ -17,7 +17,7 @@ import torch
 from ..diffusion import DiffusionSchedule, diffuse, forward_fields
 from ..limits import sub_seed
 from ..network import RecResACNet
-from .losses import compose_with_target, cosine_per_sample, magnitude_ratio_per_sample, mrse_per_sample
+from .losses import compose_with_target, cosine_map, cosine_per_sample, magnitude_ratio_per_sample, mrse_per_sample
 
 SEED_STRIDE = 1_000_003
 
@@ -57,10 +57,12 @@ METRICS = ("mrse", "cosine", "ratio")
 
 @torch.no_grad()
 def recovery_metrics(net: RecResACNet, volumes: torch.Tensor, schedule: DiffusionSchedule, buckets: list[Bucket],
-                     samples: int = 2, seed: int = 0) -> dict[str, dict[str, float]]:
+                     samples: int = 2, seed: int = 0, foreground: float | None = None) -> dict[str, dict[str, float]]:
     """Per bucket label, the mean ``mrse``, ``cosine`` and ``ratio`` (``|q| / |F_clean|``) for
     ``volumes`` ``(V, C, N^nd)`` on the network's device. Each bucket averages ``samples`` steps per
-    volume, one deformation each."""
+    volume, one deformation each. With ``foreground`` (an intensity of the normalised volumes), also
+    ``cosine_foreground``: the cosine over the voxels of the undeformed volume above it only (where
+    the image shows what moved; background voxels carry no evidence of the deformation)."""
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
@@ -79,6 +81,9 @@ def recovery_metrics(net: RecResACNet, volumes: torch.Tensor, schedule: Diffusio
                 scores["mrse"].append(mrse_per_sample(q, c))
                 scores["cosine"].append(cosine_per_sample(q, c))
                 scores["ratio"].append(magnitude_ratio_per_sample(q, c))
+                if foreground is not None:
+                    scores.setdefault("cosine_foreground", []).append(
+                        cosine_map(q, c)[image[:, 0] > foreground].mean().view(1))
         report[bucket.label] = {name: float(torch.cat(values).mean()) for name, values in scores.items()}
     net.train(was_training)
     return report

@@ -31,13 +31,17 @@ def mrse_per_sample(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return ratio.flatten(1).mean(1)
 
 
-def cosine_per_sample(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Mean over voxels of the cosine between ``q`` and ``c`` ``(B, nd, *spatial)``, ``(B,)``; -1 when
-    ``q`` opposes ``c``. As published, both fields are scaled by 1e5 before ``eps = 1e-4`` enters:
+def cosine_map(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Per-voxel cosine between ``q`` and ``c`` ``(B, nd, *spatial)``, ``(B, *spatial)``; -1 where ``q``
+    opposes ``c``. As published, both fields are scaled by 1e5 before ``eps = 1e-4`` enters:
     ``q'·c' / sqrt(|q'|^2 |c'|^2 + 1e-4)``, a true cosine for normalised fields (|c| ~ 1e-3), not ~0."""
     qs, cs = q * COSINE_SCALE, c * COSINE_SCALE
-    dot = (qs * cs).sum(1)
-    return (dot / torch.sqrt(qs.square().sum(1) * cs.square().sum(1) + COSINE_EPS)).flatten(1).mean(1)
+    return (qs * cs).sum(1) / torch.sqrt(qs.square().sum(1) * cs.square().sum(1) + COSINE_EPS)
+
+
+def cosine_per_sample(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Mean over voxels of :func:`cosine_map`, ``(B,)``."""
+    return cosine_map(q, c).flatten(1).mean(1)
 
 
 def cosine(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
