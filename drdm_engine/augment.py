@@ -22,7 +22,7 @@ from .geometry import Geometry, WorkingGrid, field_to_input_voxels, sample_rows,
     to_working, voxels_to_physical
 from .intensity import normalise_
 from .io import Labels, is_single_slice
-from .labels import LabelWarper, compact_labels
+from .labels import LabelWarper, compact_labels, label_values
 from .metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
 from .model_zoo import resolve_name
 from .precision import recovery_dtype
@@ -245,6 +245,7 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
     label_tensor = compact_labels(sitk.GetArrayFromImage(labels.image)) if labels is not None else None
     if flat and label_tensor is not None:
         label_tensor = label_tensor[0]
+    values = label_values(label_tensor) if label_tensor is not None else None  # once for every sample
 
     source = sitk.GetArrayViewFromImage(image)  # a view of the caller's image, which outlives the cases
     if flat:
@@ -252,7 +253,7 @@ def generate(image: sitk.Image, labels: Labels | None, model: LoadedModel | None
 
     def warped(k: int) -> AugmentedCase:
         with torch.inference_mode():
-            case = _apply(source, label_tensor, composed[k:k + 1], grid, image, labels)
+            case = _apply(source, label_tensor, composed[k:k + 1], grid, image, labels, values)
         report(split + (1 - split) * (k + 0.5) / samples, f"sample {k + 1}/{samples} warped")
         return case
 
@@ -276,21 +277,22 @@ def warp_rows(source: np.ndarray, out: np.ndarray, start: int, stop: int, pos: t
 
 
 def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field: torch.Tensor, grid: WorkingGrid,
-           image: sitk.Image, labels: Labels | None) -> AugmentedCase:
+           image: sitk.Image, labels: Labels | None, values: list[int] | None = None) -> AugmentedCase:
     """Map one working-grid field onto the input grid and warp the full-resolution image and labels.
 
     ``source`` is the input's voxel array on ``grid.input`` (any pixel type, not copied; the in-plane
     slice of a one-slice 3D ``image``): each output slab reads only the input rows its positions
     reach, converted to float there, and is stored in the input's pixel type at once. Held at full
     size: the output image and labels, never a float copy or the field. Outputs take ``image``'s
-    (and ``labels``') shape, pixel type and geometry."""
+    (and ``labels``') shape, pixel type and geometry. ``values``: the label values of ``label_tensor``,
+    found once for all samples."""
     geometry = grid.input
     shape = geometry.shape
     rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
     output = Geometry.of(image)
     field = InputField(working_field, grid, rows, output if output.shape != shape else None)
     out = np.empty(shape, _pixel_dtype(image))
-    warper = LabelWarper(label_tensor) if label_tensor is not None else None
+    warper = LabelWarper(label_tensor, values=values) if label_tensor is not None else None
     stride = sample_stride(int(np.prod(shape)))
     slab_voxels = int(np.prod(shape[1:]))
     norms = []
@@ -310,7 +312,7 @@ def _apply(source: np.ndarray, label_tensor: torch.Tensor | None, working_field:
     out_labels = warped = None
     if warper is not None:
         warped = warper.result(lambda: ((start, pos) for start, _, _, pos in slab_positions(shape, field.voxels, rows)))
-        metrics.update(label_agreement(label_tensor, warped, labels.names))
+        metrics.update(label_agreement(label_tensor, warped, labels.names, warper.values.tolist()))
         metrics["restored_segments"] = [{**r, "name": labels.names.get(r["value"], str(r["value"]))}
                                         for r in warper.restored]
         out_labels = _as_image(warped.numpy().reshape(output.shape), labels.image)

@@ -23,7 +23,7 @@ import torch
 from .augment import SLAB_VOXELS, InputField, resolve_device, resolve_model, sample_working, warp_rows
 from .geometry import WorkingGrid, slab_positions
 from .labels import LabelWarper, compact_labels
-from .pairs import between
+from .pairs import resampling_field
 
 CACHED_FIELDS = 64  # each is 12 N^3 bytes: 25 MB at a working size of 128, 3 MB at 64
 BANKED_CASES = 1 << 16
@@ -126,9 +126,9 @@ class Deformer:
         return self.fields[entry]
 
     def inverse(self, field: Field) -> Field:
-        """The numerically inverted field (fixed-point iteration, :func:`pairs.between`)."""
+        """The numerically inverted field (fixed-point iteration, :func:`pairs.resampling_field`)."""
         with torch.inference_mode():
-            inverse, _ = between(field.working, torch.zeros_like(field.working))
+            inverse = resampling_field(field.working, torch.zeros_like(field.working))
         return Field(inverse, field.grid)
 
     @staticmethod

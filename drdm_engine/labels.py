@@ -122,13 +122,14 @@ def _merge_top(scores: torch.Tensor, indices: torch.Tensor, new_scores: torch.Te
 class LabelWarper:
     """Accumulates a label-safe warp of ``labels`` ``(*shape)`` (integer tensor) slab by slab.
 
+    ``values``: the sorted label values of ``labels`` when already known (:func:`label_values`).
     Each slab is voted by :func:`linear_vote`. ``budget``: float elements of indicators and scores
     held at once when a lost label is scored for its restoration (the indicators are warped in
     channel chunks of at most that size)."""
 
-    def __init__(self, labels: torch.Tensor, budget: int = INDICATOR_BUDGET):
+    def __init__(self, labels: torch.Tensor, budget: int = INDICATOR_BUDGET, values: list[int] | None = None):
         self.labels = labels
-        self.values = torch.tensor(label_values(labels), dtype=torch.int64)
+        self.values = torch.tensor(label_values(labels) if values is None else values, dtype=torch.int64)
         self.out = torch.zeros_like(labels)
         self.budget = budget
         self.row_voxels = int(np.prod(labels.shape[1:]))

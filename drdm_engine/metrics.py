@@ -46,11 +46,12 @@ def folding(u_voxels: torch.Tensor, rows: int = FOLDING_ROWS) -> dict[str, float
     return {"folding_fraction": folded / u_voxels[0, 0].numel(), "jacobian_min": lowest}
 
 
-def label_agreement(before: torch.Tensor, after: torch.Tensor, names: dict[int, str]) -> dict[str, dict[str, float]]:
+def label_agreement(before: torch.Tensor, after: torch.Tensor, names: dict[int, str],
+                    values: list[int] | None = None) -> dict[str, dict[str, float]]:
     """Per foreground label: Dice of ``after`` against ``before`` and relative volume change
     ``(V_after - V_before) / V_before``. Keys are segment names (or the label value). Counted chunk by
-    chunk: no full-size temporaries."""
-    values = [v for v in label_values(before) if v != 0]
+    chunk: no full-size temporaries. ``values``: the label values of ``before`` when already known."""
+    values = [v for v in (label_values(before) if values is None else values) if v != 0]
     m = len(values)
     table = torch.tensor(values, dtype=torch.long)
     joint = torch.zeros((m + 1) ** 2, dtype=torch.long)  # (before index, after index); index m: any other value

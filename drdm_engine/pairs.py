@@ -26,13 +26,19 @@ def between(u_a: torch.Tensor, u_b: torch.Tensor, iterations: int = ITERATIONS) 
     ``|phi_a(x + w(x)) - phi_b(x)|`` in voxels: ``inversion_*`` at the grid nodes (the fixed-point
     residual) and ``pair_*`` at the cell centres (``w`` interpolated), each mean, 99th percentile, max.
     Converges where ``phi_a`` is locally invertible (no folding)."""
-    v = -fields.warp(u_a, u_b, "bilinear", "border")
-    for _ in range(iterations):
-        v = -fields.warp(u_a, u_b + v, "bilinear", "border")
-    w = u_b + v
+    w = resampling_field(u_a, u_b, iterations)
     residual = _error(u_a, u_b, w)
     return w, {**_summary("inversion", residual), **_summary("pair", _error_between_nodes(u_a, u_b, w)),
                "unreachable_fraction": float((residual > UNREACHABLE).float().mean())}
+
+
+def resampling_field(u_a: torch.Tensor, u_b: torch.Tensor, iterations: int = ITERATIONS) -> torch.Tensor:
+    """Field ``w`` (voxels) with ``phi_a(x + w(x)) = phi_b(x)``, by fixed-point iteration (no error
+    figures; :func:`between` adds them). ``u_b = 0`` gives the inverse of ``u_a``."""
+    v = -fields.warp(u_a, u_b, "bilinear", "border")
+    for _ in range(iterations):
+        v = -fields.warp(u_a, u_b + v, "bilinear", "border")
+    return u_b + v
 
 
 def _error(u_a: torch.Tensor, u_b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

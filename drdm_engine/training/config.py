@@ -12,6 +12,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from ..checkpoint import PADDINGS
 from ..errors import DRDMError
 from ..limits import MAX_SIDE, require_int, require_number, require_seed, require_side
 
@@ -106,7 +107,7 @@ class TrainConfig:
                 raise DRDMError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.integrator not in INTEGRATORS:
             raise DRDMError(f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}")
-        if self.compose_padding not in ("border", "zeros"):
+        if self.compose_padding not in PADDINGS:
             raise DRDMError(f"compose_padding must be 'border' or 'zeros', got {self.compose_padding!r}")
         if self.resume and self.fine_tune:
             raise DRDMError("give either resume or fine_tune, not both")
