@@ -191,3 +191,76 @@ def test_per_sample_integration_equals_the_whole_batch():
     for n in (torch.tensor([37, 37, 37]), torch.tensor([5, 60, 1])):
         expected = _to_image_grid(fields.power(v, n), 24, schedule)
         assert torch.equal(_integrate_to_image(v, n, 24, schedule, fields.power), expected)
+
+
+@pytest.mark.parametrize("ndims, batch, dilation", [(2, 1, 1), (2, 2, 3), (3, 1, 3), (3, 2, 1)])
+def test_fused_convolution_forms_equal_the_separate_operations(ndims, batch, dilation):
+    """``leaky`` (activation applied by oneDNN as it writes) and ``add_into`` (oneDNN accumulating into
+    the residual) give the very sums of the separate convolution, activation and addition."""
+    torch.manual_seed(1)
+    conv = (network.Conv2d if ndims == 2 else network.Conv3d)(10, 10, 3, padding=dilation, dilation=dilation)
+    shape = (batch, 10) + (12,) * ndims
+    x = network._channels_last(torch.randn(shape))
+    other = network._channels_last(torch.randn(shape))
+    with torch.inference_mode():
+        expected_leaky = F.leaky_relu(conv(x), 0.01)
+        expected_sum = other + conv(x)
+        assert torch.equal(conv.leaky(x, 0.01), expected_leaky)
+        got = conv.add_into(other, x)
+    assert got is other and torch.equal(got, expected_sum)
+
+
+@pytest.mark.parametrize("ndims", [2, 3])
+def test_fast_transposed_convolution_matches_pytorch(ndims):
+    torch.manual_seed(2)
+    layer = (network.ConvTranspose2d if ndims == 2 else network.ConvTranspose3d)(20, 10, 4, 2, 1)
+    x = network._channels_last(torch.randn((2, 20) + (6,) * ndims))
+    with torch.inference_mode():
+        got = layer(x)
+        with network.reference_layers():
+            expected = layer(x)
+    assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-5
+    assert got.is_contiguous(memory_format=network._layout(got))
+
+
+@pytest.mark.parametrize("shape", [(1, 10, 8, 8, 8), (2, 20, 9, 9), (2, 3, 5, 7, 3), (1, 40, 1, 1)])
+def test_channel_means_equal_pytorch_means(shape):
+    x = network._channels_last(torch.randn(shape) * 3 + 7)
+    expected = x.double().mean(tuple(range(2, x.dim())), keepdim=True)
+    got = network._channel_means(x)
+    assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-5
+
+
+def test_in_place_instance_norm_equals_the_fast_norm():
+    norm = network.InstanceNorm3d(10, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = network._channels_last(torch.randn(2, 10, 8, 8, 8) * 2 + 1)
+    with torch.inference_mode():
+        expected = norm(x)
+        got = norm.normalise_(x)
+    assert got is x and torch.equal(got, expected)
+
+
+def test_frozen_weights_reorder_once_and_never_outlive_their_block(monkeypatch):
+    """Inside a block each layer reorders its weights once per input shape; a later block sees the
+    weights as they are then (a training step between two recoveries)."""
+    model = _model(2)
+    image, t = torch.rand(1, 1, 16, 16), torch.tensor([3])
+    reorders = []
+    original = torch.ops.mkldnn._reorder_convolution_weight
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_convolution_weight",
+                        lambda *args: reorders.append(1) or original(*args))
+    convolutions = sum(isinstance(m, network.Conv2d) for m in model.modules())
+    with torch.inference_mode(), network.frozen_weights():
+        before = model(image, t)
+        model(image, t)
+    assert len(reorders) == convolutions  # rec_num 2: two passes, one reorder each
+    with torch.no_grad():
+        model.conv_out.weight.mul_(2)
+    with torch.inference_mode(), network.frozen_weights():
+        after = model(image, t)
+    with torch.no_grad(), network.reference_layers():
+        expected = model(image, t)
+    assert not torch.equal(after, before) and (after - expected).abs().max() <= 1e-5

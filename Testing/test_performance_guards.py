@@ -105,17 +105,37 @@ def _convolution_ops(model: RecResACNet, image: torch.Tensor) -> set[str]:
     return {e.key for e in prof.key_averages() if "conv" in e.key and e.key not in wrappers}
 
 
+ONEDNN_INFERENCE = {"mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_",
+                    "mkldnn::_convolution_transpose_pointwise"}
+WEIGHT_REORDERS = {"mkldnn::_reorder_convolution_weight", "mkldnn::_reorder_convolution_transpose_weight"}
+
+
 @pytest.mark.parametrize("ndims, side", [(2, 16), (3, 16)])
 def test_every_fp32_convolution_runs_through_onednn(ndims, side):
     """A batch-1 pass on a small grid: PyTorch's own dispatch sends the 3x3 convolutions to its slow
-    kernels (checked, so that the guard means something); the fast layers send all to oneDNN."""
+    kernels (checked, so that the guard means something); the fast layers send every convolution,
+    transposed ones included, to oneDNN's inference kernels, with the weights reordered once inside a
+    ``frozen_weights`` block."""
     torch.manual_seed(0)
     model = RecResACNet(ndims, timesteps=6).eval()
     image = torch.rand((1, 1) + (side,) * ndims)
     with network.reference_layers():
         assert any(op.startswith("aten::slow_conv") or op.startswith("aten::thnn_conv")
                    for op in _convolution_ops(model, image))
-    assert _convolution_ops(model, image) == {"aten::mkldnn_convolution"}
+    assert _convolution_ops(model, image) == ONEDNN_INFERENCE | WEIGHT_REORDERS
+    with network.frozen_weights():
+        _convolution_ops(model, image)
+        assert _convolution_ops(model, image) == ONEDNN_INFERENCE
+
+
+def test_training_convolutions_run_through_onednn():
+    """With gradients (training) the fast layers call oneDNN's differentiable convolution."""
+    torch.manual_seed(0)
+    model = RecResACNet(3, timesteps=6).train()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model.unet(torch.rand(1, 1, 16, 16, 16), torch.tensor([3]))
+    assert "aten::mkldnn_convolution" in {e.key for e in prof.key_averages()}
+    assert not any("slow_conv" in e.key for e in prof.key_averages())
 
 
 def test_convolution_route():

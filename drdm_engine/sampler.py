@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from . import fields
+from . import fields, heap
 from .diffusion import DiffusionSchedule, Integrator, diffuse, forward_fields
-from .network import RecResACNet, reference_layers
+from .network import RecResACNet, frozen_weights, reference_layers
 
 Progress = Callable[[int, int], None]
 
@@ -66,7 +66,13 @@ def _grad_context(settings: RecoverySettings) -> contextlib.AbstractContextManag
 
 
 def _layers_context(settings: RecoverySettings) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if settings.fast_layers else reference_layers()
+    return frozen_weights() if settings.fast_layers else reference_layers()
+
+
+def _heap_context(settings: RecoverySettings, device: torch.device) -> contextlib.AbstractContextManager:
+    """Freed memory kept for the next layers while the fast layers run on the CPU (:mod:`.heap`); the
+    reference path runs with the C library's defaults, as the published code does."""
+    return heap.retained() if settings.fast_layers and device.type == "cpu" else contextlib.nullcontext()
 
 
 def _autocast_context(settings: RecoverySettings, device: torch.device) -> contextlib.AbstractContextManager:
@@ -99,7 +105,7 @@ def recover(model: RecResACNet, image: torch.Tensor, field: torch.Tensor, steps:
     network = _network(model, settings)
     all_t = torch.tensor(list(steps), dtype=torch.long).to(image.device)
     batch = image.shape[0]
-    with _grad_context(settings), _layers_context(settings):
+    with _grad_context(settings), _layers_context(settings), _heap_context(settings, image.device):
         d = field
         moved = diffuse(image, d, settings.image_mode)
         for done, t in enumerate(all_t.unsqueeze(1).expand(-1, batch), 1):
