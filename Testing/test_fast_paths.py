@@ -224,11 +224,14 @@ def test_fast_transposed_convolution_matches_pytorch(ndims):
 
 
 @pytest.mark.parametrize("shape", [(1, 10, 8, 8, 8), (2, 20, 9, 9), (2, 3, 5, 7, 3), (1, 40, 1, 1)])
-def test_channel_means_equal_pytorch_means(shape):
+def test_voxel_rows_are_a_view_that_gives_channel_means_and_round_trips(shape):
     x = network._channels_last(torch.randn(shape) * 3 + 7)
-    expected = x.double().mean(tuple(range(2, x.dim())), keepdim=True)
-    got = network._channel_means(x)
-    assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-5
+    rows, k = network._voxel_rows(x)
+    assert rows.data_ptr() == x.data_ptr() and rows.shape[-1] == k * shape[1]
+    expected = x.double().mean(tuple(range(2, x.dim())))
+    assert (network._row_channel_means(rows, k) - expected).abs().max() <= 1e-5
+    back = network._from_voxel_rows(rows.clone(), x)
+    assert torch.equal(back, x) and back.is_contiguous(memory_format=network._layout(x))
 
 
 def test_in_place_instance_norm_equals_the_fast_norm():

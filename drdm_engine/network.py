@@ -195,34 +195,55 @@ class _FastInstanceNorm:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._runs_fast(x):
             return super().forward(x)
-        x = _channels_last(x)
-        return self._normalise_centred(x - _channel_means(x), out=None)
+        return self._normalise(_channels_last(x), out=None)
 
     def normalise_(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` written into ``x`` (a channels-last tensor nothing else reads; the same
-        arithmetic, one full-size temporary), or ``forward(x)`` where the fast variant does not run."""
+        arithmetic), or ``forward(x)`` where the fast variant does not run."""
         if not self._runs_fast(x) or not x.is_contiguous(memory_format=_layout(x)):
             return self(x)
-        return self._normalise_centred(x.sub_(_channel_means(x)), out=x)
+        return self._normalise(x, out=x)
 
-    def _normalise_centred(self, centred: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-        per_channel = (1, -1) + (1,) * (centred.dim() - 2)
-        scale = torch.rsqrt(_channel_means(centred.square()).add_(self.eps)) * self.weight.view(per_channel)
-        return torch.addcmul(self.bias.view(per_channel), centred, scale, out=out)
+    def _normalise(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """Mean, then the mean square about it (two passes: accurate however far the mean lies from
+        zero), then ``x * scale + (bias - mean * scale)`` in one pass, as PyTorch's instance norm
+        applies it; every pass over :func:`_voxel_rows`."""
+        rows, k = _voxel_rows(x)
+        mean = _row_channel_means(rows, k)
+        variance = _row_channel_means(torch.sub(rows, _tiled(mean, k)).square_(), k)
+        scale = torch.rsqrt(variance.add_(self.eps)) * self.weight
+        shift = torch.addcmul(self.bias, mean, scale, value=-1)
+        result = torch.addcmul(_tiled(shift, k), rows, _tiled(scale, k),
+                               out=None if out is None else _voxel_rows(out)[0])
+        return _from_voxel_rows(result, x) if out is None else out
 
 
-def _channel_means(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample, per-channel mean ``(B, C, 1, ...)`` of a channels-last ``x`` ``(B, C, *spatial)``.
+def _voxel_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A channels-last ``x`` ``(B, C, *spatial)`` viewed as rows of ``k`` voxels' channels
+    ``(B, voxels / k, k * C)`` (``k`` up to 16, dividing the voxel count), and ``k``.
 
-    PyTorch reduces a channels-last tensor over its spatial axes with the channels (10-40 of them) as
-    the vector lanes, 3x slower than its memory allows; here the voxels are read as rows of ``k``
-    voxels' channels (``k * C`` contiguous values, ``k`` up to 16), summed down the rows, then the
-    ``k`` partial sums of each channel added."""
+    PyTorch runs a channels-last tensor's spatial reductions and per-channel broadcasts with the 10-40
+    channels as the innermost loop, at a third of the memory's speed; rows of ``k * C`` values vectorise."""
     batch, channels, voxels = x.shape[0], x.shape[1], x[0, 0].numel()
     k = math.gcd(voxels, 16)
-    rows = x.permute(0, *range(2, x.dim()), 1).reshape(batch, voxels // k, k * channels)
-    sums = rows.sum(1).view(batch, k, channels).sum(1)
-    return sums.div_(voxels).view(batch, channels, *([1] * (x.dim() - 2)))
+    return x.permute(0, *range(2, x.dim()), 1).reshape(batch, voxels // k, k * channels), k
+
+
+def _from_voxel_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_voxel_rows`: ``rows`` as a channels-last tensor shaped like ``like``."""
+    spatial = like.shape[2:]
+    return rows.view(like.shape[0], *spatial, like.shape[1]).permute(0, like.dim() - 1, *range(1, like.dim() - 1))
+
+
+def _row_channel_means(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-sample, per-channel means ``(B, C)`` of voxel rows ``(B, R, k * C)``."""
+    batch, count = rows.shape[0], rows.shape[1] * k
+    return rows.sum(1).view(batch, k, -1).sum(1).div_(count)
+
+
+def _tiled(per_channel: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-channel values ``(B, C)`` or ``(C,)`` as voxel rows ``(B or 1, 1, k * C)``."""
+    return per_channel.reshape(-1, 1, per_channel.shape[-1]).repeat(1, 1, k)
 
 
 class InstanceNorm2d(_FastInstanceNorm, nn.InstanceNorm2d):
