@@ -195,3 +195,17 @@ def test_evaluate_reports_buckets_and_is_reproducible(data2d, capsys):
 def test_cpu_training_is_fp32_whatever_the_amp_setting(data2d):
     assert Trainer(config2d(data2d, amp=False)).amp_dtype is None
     assert Trainer(config2d(data2d, amp=True)).amp_dtype is None
+
+
+def test_cpu_training_steps_run_with_freed_memory_retained(data2d, monkeypatch):
+    from drdm_engine import heap
+    entered = []
+    original = heap.retained
+
+    def recording():
+        entered.append(True)
+        return original()
+
+    monkeypatch.setattr(heap, "retained", recording)
+    Trainer(config2d(data2d, steps=1)).run()
+    assert entered == [True]

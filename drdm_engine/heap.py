@@ -1,4 +1,4 @@
-"""Keep freed memory in the process while the recovery network runs on the CPU (glibc on Linux).
+"""Keep freed memory in the process while the network runs on the CPU (glibc on Linux): recovery, training.
 
 Each layer of the network allocates its output (a few MB) and frees its input. glibc hands blocks
 this size back to the kernel as soon as 2x its (adaptive) mmap threshold lies free at the top of the

@@ -7,6 +7,7 @@ target ``F_clean(t)``; prediction ``p = net(input, t)`` (normalised); loss from
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -18,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import checkpoint, fields
+from .. import checkpoint, fields, heap
 from ..diffusion import DiffusionSchedule, diffuse, forward_fields
 from ..errors import DRDMError
 from ..limits import sub_seed
@@ -258,33 +259,39 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
+    def _train_until(self, deadline: float | None, bar: tqdm) -> None:
+        """Optimiser steps until ``config.steps`` or the deadline, logging, validating and saving as due."""
+        config = self.config
+        while self.step < config.steps and not self._time_is_up(deadline):
+            started = time.perf_counter()
+            terms, t = self.train_step()
+            rate = config.batch_size * self.group.world_size / max(time.perf_counter() - started, 1e-9)
+            values = terms.as_floats()
+            if self.group.main:
+                self.train_log.write({"step": self.step, "t_mean": f"{float(t.float().mean()):.2f}",
+                                      **{k: f"{v:.6g}" for k, v in values.items()},
+                                      "samples_per_s": f"{rate:.4g}"})
+            bar.set_postfix(loss=f"{values['total']:.3g}", mrse=f"{values['mrse']:.3g}",
+                            cos=f"{values['cosine']:.3f}", fold=f"{values['folding']:.2g}",
+                            samples_s=f"{rate:.3g}")
+            bar.update(1)
+            if self._due(config.validate_every) and self.step < config.steps:
+                report = self.validate()
+                if report:
+                    bar.write(f"step {self.step}: " + _format_report(report))
+            if self._due(config.checkpoint_every) and self.step < config.steps:
+                self.save()
+
     def run(self) -> int:
-        """Train up to ``config.steps``; checkpoint every K steps and at the end; Ctrl-C saves. Returns the step."""
+        """Train up to ``config.steps``; checkpoint every K steps and at the end; Ctrl-C saves. Returns the step.
+        On the CPU the steps run inside :func:`heap.retained` (freed memory kept for the next step)."""
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.group.main and config.progress))
-        last_report: dict[str, dict[str, float]] | None = None
         deadline = time.monotonic() + config.time_limit if config.time_limit else None
         try:
-            while self.step < config.steps and not self._time_is_up(deadline):
-                started = time.perf_counter()
-                terms, t = self.train_step()
-                rate = config.batch_size * self.group.world_size / max(time.perf_counter() - started, 1e-9)
-                values = terms.as_floats()
-                if self.group.main:
-                    self.train_log.write({"step": self.step, "t_mean": f"{float(t.float().mean()):.2f}",
-                                          **{k: f"{v:.6g}" for k, v in values.items()},
-                                          "samples_per_s": f"{rate:.4g}"})
-                bar.set_postfix(loss=f"{values['total']:.3g}", mrse=f"{values['mrse']:.3g}",
-                                cos=f"{values['cosine']:.3f}", fold=f"{values['folding']:.2g}",
-                                samples_s=f"{rate:.3g}")
-                bar.update(1)
-                if self._due(config.validate_every) and self.step < config.steps:
-                    last_report = self.validate()
-                    if last_report:
-                        bar.write(f"step {self.step}: " + _format_report(last_report))
-                if self._due(config.checkpoint_every) and self.step < config.steps:
-                    self.save()
+            with heap.retained() if self.device.type == "cpu" else contextlib.nullcontext():
+                self._train_until(deadline, bar)
         except KeyboardInterrupt:
             bar.close()
             path = self.save(all_ranks=False)
