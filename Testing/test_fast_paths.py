@@ -267,3 +267,23 @@ def test_frozen_weights_reorder_once_and_never_outlive_their_block(monkeypatch):
     with torch.no_grad(), network.reference_layers():
         expected = model(image, t)
     assert not torch.equal(after, before) and (after - expected).abs().max() <= 1e-5
+
+
+def test_one_step_for_the_whole_batch_equals_a_step_per_sample():
+    model = _model(2)
+    image = torch.rand(2, 1, 16, 16)
+    with torch.inference_mode():
+        one, each = model(image, torch.tensor(3)), model(image, torch.tensor([3, 3]))
+    assert one.shape == each.shape and (one - each).abs().max() <= 1e-6  # the embedding MLP at batch 1 vs 2
+
+
+def test_weights_loaded_inside_a_frozen_block_are_used():
+    model, other = _model(2), RecResACNet(2, timesteps=8).eval()
+    image, t = torch.rand(1, 1, 16, 16), torch.tensor([3])
+    with torch.inference_mode(), network.frozen_weights():
+        model(image, t)
+        model.load_state_dict(other.state_dict())
+        got = model(image, t)
+    with torch.no_grad(), network.reference_layers():
+        expected = other(image, t)
+    assert (got - expected).abs().max() <= 1e-5

@@ -61,6 +61,9 @@ def conv_route(x: torch.Tensor) -> str:
     return "torch"
 
 
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
 def _inference_kernels(x: torch.Tensor) -> bool:
     """Whether a oneDNN convolution of ``x`` may take oneDNN's inference kernels with fused post-ops
     and prepacked weights (``torch.ops.mkldnn._convolution_pointwise``, as inductor's CPU freezing
@@ -69,9 +72,8 @@ def _inference_kernels(x: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and _X86 and conv_route(x) == "onednn"
 
 
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
-_FROZEN: contextvars.ContextVar[dict[tuple[nn.Module, tuple[int, ...]], torch.Tensor] | None] = \
-    contextvars.ContextVar("drdm_frozen_weights", default=None)
+_FROZEN: contextvars.ContextVar[dict[tuple, torch.Tensor] | None] = contextvars.ContextVar("drdm_frozen_weights",
+                                                                                          default=None)
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
@@ -98,13 +100,15 @@ def frozen_weights() -> Iterator[None]:
 
 
 def _packed_weight(layer: nn.Module, x: torch.Tensor, reorder: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``reorder(layer.weight)`` for inputs shaped like ``x``, once per :func:`frozen_weights` block."""
+    """``reorder(layer.weight)`` for inputs shaped like ``x``, once per :func:`frozen_weights` block
+    (again if the weight tensor is replaced or written in place, e.g. ``load_state_dict``)."""
     cache = _FROZEN.get()
+    weight = layer.weight
     if cache is None:
-        return reorder(layer.weight)
-    key = (layer, tuple(x.shape))
+        return reorder(weight)
+    key = (layer, tuple(x.shape), weight.data_ptr(), weight._version)
     if key not in cache:
-        cache[key] = reorder(layer.weight)
+        cache[key] = reorder(weight)
     return cache[key]
 
 
@@ -115,8 +119,15 @@ class _FastConv:
     :func:`frozen_weights` block), and two fused forms the residual blocks use: :meth:`leaky`
     (convolution, then LeakyReLU) and :meth:`add_into` (``other += convolution``)."""
 
-    def _onednn_args(self) -> tuple:
+    def _onednn_args(self) -> tuple[list[int], list[int], list[int], int]:
+        """Padding, stride, dilation and groups as oneDNN's operators take them."""
         return list(self.padding), list(self.stride), list(self.dilation), self.groups
+
+    def _keeps_shape(self, other: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether this convolution of ``x`` has ``other``'s shape (stride 1, size-preserving padding)."""
+        same_size = all(s == 1 and 2 * p == d * (k - 1) for s, p, d, k in
+                        zip(self.stride, self.padding, self.dilation, self.kernel_size))
+        return same_size and other.shape == (x.shape[0], self.out_channels, *x.shape[2:])
 
     def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
         return _packed_weight(self, x, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
@@ -141,7 +152,7 @@ class _FastConv:
     def add_into(self, other: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``other += self(x)`` in place (oneDNN accumulates into ``other``, channels-last), ``other``
         returned; ``other`` must be a tensor nothing else reads."""
-        if (not _inference_kernels(x) or self.padding_mode != "zeros" or other.shape != x.shape
+        if (not _inference_kernels(x) or self.padding_mode != "zeros" or not self._keeps_shape(other, x)
                 or not other.is_contiguous(memory_format=_layout(other))):
             return other.add_(self(x))
         return torch.ops.mkldnn._convolution_pointwise_.binary(
@@ -153,14 +164,18 @@ class _FastConvTranspose:
     kernel (weights reordered once per :func:`frozen_weights` block), output channels-last; the same
     parameters, names and maths as the PyTorch layer."""
 
+    def _onednn_args(self) -> tuple[list[int], list[int], list[int], list[int], int]:
+        """Padding, output padding, stride, dilation and groups as oneDNN's operators take them."""
+        return (list(self.padding), list(self.output_padding), list(self.stride), list(self.dilation),
+                self.groups)
+
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is not None or self.padding_mode != "zeros" or not _inference_kernels(x):
             return super().forward(x, output_size)
-        args = list(self.padding), list(self.output_padding), list(self.stride), list(self.dilation), self.groups
         weight = _packed_weight(self, x, lambda w: torch.ops.mkldnn._reorder_convolution_transpose_weight(
-            w, *args, list(x.shape)))
+            w, *self._onednn_args(), list(x.shape)))
         return _channels_last(torch.ops.mkldnn._convolution_transpose_pointwise(
-            x, weight, self.bias, *args, "none", [], None))
+            x, weight, self.bias, *self._onednn_args(), "none", [], None))
 
 
 class Conv2d(_FastConv, nn.Conv2d):
@@ -189,6 +204,7 @@ class _FastInstanceNorm:
     instance norm."""
 
     def _runs_fast(self, x: torch.Tensor) -> bool:
+        """Whether the fast variant serves ``x``: fast layers, CPU, fp32, affine, no running stats."""
         return (_fast() and x.device.type == "cpu" and x.dtype == torch.float32 and not self.track_running_stats
                 and self.affine)
 
@@ -224,7 +240,7 @@ def _voxel_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     PyTorch runs a channels-last tensor's spatial reductions and per-channel broadcasts with the 10-40
     channels as the innermost loop, at a third of the memory's speed; rows of ``k * C`` values vectorise."""
-    batch, channels, voxels = x.shape[0], x.shape[1], x[0, 0].numel()
+    batch, channels, voxels = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     k = math.gcd(voxels, 16)
     return x.permute(0, *range(2, x.dim()), 1).reshape(batch, voxels // k, k * channels), k
 
@@ -317,24 +333,30 @@ def _embedding(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(EMBED_DIM, channels), nn.ReLU(), nn.Linear(channels, channels))
 
 
+def _in_place() -> bool:
+    """Whether the fast layers may write sums into fresh layer outputs: no gradient is recorded."""
+    return _fast() and not torch.is_grad_enabled()
+
+
 def _plus(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """``x + emb``; written into ``x`` (a fresh layer output) when no gradient is recorded."""
-    return x + emb if torch.is_grad_enabled() else x.add_(emb)
+    """``x + emb``; written into ``x`` (a fresh layer output) where :func:`_in_place`."""
+    return x.add_(emb) if _in_place() else x + emb
 
 
 def _times(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """``x * emb``; written into ``x`` (a fresh layer output) when no gradient is recorded."""
-    return x * emb if torch.is_grad_enabled() else x.mul_(emb)
+    """``x * emb``; written into ``x`` (a fresh layer output) where :func:`_in_place`."""
+    return x.mul_(emb) if _in_place() else x * emb
 
 
 def _join_plus(skip: torch.Tensor, up: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """``torch.cat([skip, up], 1) + emb`` (``emb`` ``(B, C, 1, ...)``). In the fast layers without
-    gradients each part's sum is written straight into its channels of one channels-last tensor (one
-    full-size pass instead of two; the same sums)."""
-    if torch.is_grad_enabled() or not _fast() or skip.device.type != "cpu":
+    """``torch.cat([skip, up], 1) + emb`` (``emb`` ``(B or 1, C, 1, ...)``). On the CPU where
+    :func:`_in_place`, each part's sum is written straight into its channels of one channels-last
+    tensor (one full-size pass instead of two; the same sums)."""
+    if not _in_place() or skip.device.type != "cpu":
         return torch.cat([skip, up], 1) + emb
     split = skip.shape[1]
-    out = torch.empty((skip.shape[0], split + up.shape[1], *skip.shape[2:]), dtype=torch.result_type(skip, emb),
+    dtype = torch.promote_types(torch.promote_types(skip.dtype, up.dtype), emb.dtype)
+    out = torch.empty((skip.shape[0], split + up.shape[1], *skip.shape[2:]), dtype=dtype,
                       memory_format=_layout(skip))
     torch.add(skip, emb[:, :split], out=out[:, :split])
     torch.add(up, emb[:, split:], out=out[:, split:])
@@ -391,8 +413,9 @@ class RecResACNet(nn.Module):
             return self.b1[0](x.float())
 
     def unet(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """One pass: ``(B, C, *spatial)`` -> unclamped normalised field ``(B, nd, *spatial)``."""
-        e = self.time_embed(t)
+        """One pass: ``(B, C, *spatial)`` and steps ``t`` ``(B,)`` (or one step for all, 0-d) -> unclamped
+        normalised field ``(B, nd, *spatial)``."""
+        e = self.time_embed(t.reshape(-1))
         b = self._broadcast
         h1 = self.b1[1:](self._input_block(x + b(self.te1(e))))
         h2 = self.b2(_plus(self.down1(h1), b(self.te2(e))))

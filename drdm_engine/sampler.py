@@ -72,7 +72,7 @@ def _layers_context(settings: RecoverySettings) -> contextlib.AbstractContextMan
 def _heap_context(settings: RecoverySettings, device: torch.device) -> contextlib.AbstractContextManager:
     """Freed memory kept for the next layers while the fast layers run on the CPU (:mod:`.heap`); the
     reference path runs with the C library's defaults, as the published code does."""
-    return heap.retained() if settings.fast_layers and device.type == "cpu" else contextlib.nullcontext()
+    return heap.retained_on(device) if settings.fast_layers else contextlib.nullcontext()
 
 
 def _autocast_context(settings: RecoverySettings, device: torch.device) -> contextlib.AbstractContextManager:

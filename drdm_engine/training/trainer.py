@@ -7,7 +7,6 @@ target ``F_clean(t)``; prediction ``p = net(input, t)`` (normalised); loss from
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import os
@@ -290,7 +289,7 @@ class Trainer:
                    disable=not (self.group.main and config.progress))
         deadline = time.monotonic() + config.time_limit if config.time_limit else None
         try:
-            with heap.retained() if self.device.type == "cpu" else contextlib.nullcontext():
+            with heap.retained_on(self.device):
                 self._train_until(deadline, bar)
         except KeyboardInterrupt:
             bar.close()
