@@ -60,7 +60,7 @@ def layer_rates(ndims: int, size: int, repeats: int) -> None:
             works[label] = lambda conv=conv, x=x: conv(x)
             flops[label] = 2 * side ** ndims * c * c * 3 ** ndims
     print(machine())
-    with torch.inference_mode():
+    with torch.inference_mode(), frozen_weights():  # as in recovery: weights reordered once
         for work in works.values():
             work()
         times = measure(works, repeats)

@@ -72,6 +72,11 @@ def _inference_kernels(x: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and _X86 and conv_route(x) == "onednn"
 
 
+def _in_place() -> bool:
+    """Whether the fast layers may write sums into fresh layer outputs: no gradient is recorded."""
+    return _fast() and not torch.is_grad_enabled()
+
+
 _FROZEN: contextvars.ContextVar[dict[tuple, torch.Tensor] | None] = contextvars.ContextVar("drdm_frozen_weights",
                                                                                           default=None)
 
@@ -133,26 +138,33 @@ class _FastConv:
         return _packed_weight(self, x, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
             w, *self._onednn_args(), list(x.shape)))
 
+    def _takes_inference_kernels(self, x: torch.Tensor) -> bool:
+        """:func:`_inference_kernels` for this layer (zero padding, the oneDNN operators' only mode)."""
+        return self.padding_mode == "zeros" and _inference_kernels(x)
+
+    def _pointwise(self, x: torch.Tensor, bias: torch.Tensor | None, attr: str, scalars: list[float]) -> torch.Tensor:
+        """oneDNN's inference convolution of ``x`` with the post-op ``attr``, output channels-last."""
+        return _channels_last(torch.ops.mkldnn._convolution_pointwise(
+            x, self._weight_for(x), bias, *self._onednn_args(), attr, scalars, None))
+
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if conv_route(x) != "onednn" or self.padding_mode != "zeros":
             return super()._conv_forward(x, weight, bias)
-        if _inference_kernels(x) and weight is self.weight:
-            return _channels_last(torch.ops.mkldnn._convolution_pointwise(
-                x, self._weight_for(x), bias, *self._onednn_args(), "none", [], None))
+        if weight is self.weight and _inference_kernels(x):
+            return self._pointwise(x, bias, "none", [])
         return _channels_last(torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation,
                                                        self.groups))
 
     def leaky(self, x: torch.Tensor, slope: float) -> torch.Tensor:
         """``leaky_relu(self(x), slope)``, the activation applied by oneDNN as the convolution writes."""
-        if not _inference_kernels(x) or self.padding_mode != "zeros":
+        if not self._takes_inference_kernels(x):
             return F.leaky_relu_(self(x), slope)
-        return _channels_last(torch.ops.mkldnn._convolution_pointwise(
-            x, self._weight_for(x), self.bias, *self._onednn_args(), "leaky_relu", [slope], None))
+        return self._pointwise(x, self.bias, "leaky_relu", [slope])
 
     def add_into(self, other: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``other += self(x)`` in place (oneDNN accumulates into ``other``, channels-last), ``other``
         returned; ``other`` must be a tensor nothing else reads."""
-        if (not _inference_kernels(x) or self.padding_mode != "zeros" or not self._keeps_shape(other, x)
+        if (not self._takes_inference_kernels(x) or not self._keeps_shape(other, x)
                 or not other.is_contiguous(memory_format=_layout(other))):
             return other.add_(self(x))
         return torch.ops.mkldnn._convolution_pointwise_.binary(
@@ -211,27 +223,26 @@ class _FastInstanceNorm:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._runs_fast(x):
             return super().forward(x)
-        return self._normalise(_channels_last(x), out=None)
+        return self._normalise(_channels_last(x), in_place=False)
 
     def normalise_(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` written into ``x`` (a channels-last tensor nothing else reads; the same
         arithmetic), or ``forward(x)`` where the fast variant does not run."""
         if not self._runs_fast(x) or not x.is_contiguous(memory_format=_layout(x)):
             return self(x)
-        return self._normalise(x, out=x)
+        return self._normalise(x, in_place=True)
 
-    def _normalise(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    def _normalise(self, x: torch.Tensor, in_place: bool) -> torch.Tensor:
         """Mean, then the mean square about it (two passes: accurate however far the mean lies from
-        zero), then ``x * scale + (bias - mean * scale)`` in one pass, as PyTorch's instance norm
-        applies it; every pass over :func:`_voxel_rows`."""
+        zero), then ``x * scale + (bias - mean * scale)`` in one pass (into ``x`` when ``in_place``), as
+        PyTorch's instance norm applies it; every pass over :func:`_voxel_rows`."""
         rows, k = _voxel_rows(x)
         mean = _row_channel_means(rows, k)
         variance = _row_channel_means(torch.sub(rows, _tiled(mean, k)).square_(), k)
         scale = torch.rsqrt(variance.add_(self.eps)) * self.weight
         shift = torch.addcmul(self.bias, mean, scale, value=-1)
-        result = torch.addcmul(_tiled(shift, k), rows, _tiled(scale, k),
-                               out=None if out is None else _voxel_rows(out)[0])
-        return _from_voxel_rows(result, x) if out is None else out
+        result = torch.addcmul(_tiled(shift, k), rows, _tiled(scale, k), out=rows if in_place else None)
+        return x if in_place else _from_voxel_rows(result, x)
 
 
 def _voxel_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -306,7 +317,7 @@ class AtrousBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv0(x)
-        if torch.is_inference_mode_enabled():
+        if _in_place():
             return self._forward_inplace(y if self.ln is None else self.ln.normalise_(y))
         if self.ln is not None:
             y = self.ln(y)
@@ -316,10 +327,10 @@ class AtrousBlock(nn.Module):
         return self.act(z + y)
 
     def _forward_inplace(self, y: torch.Tensor) -> torch.Tensor:
-        """Residual tail under ``torch.inference_mode`` only: the same operations in the same order,
-        the first activation applied as its convolution writes, the residual sum accumulated into ``y``
-        by the second convolution and the last activation in place (no full-size allocation but the two
-        convolution inputs). Training and ``no_grad`` (the reference path) keep the published ops."""
+        """Residual tail where :func:`_in_place` (fast layers, no gradient): the same operations in the
+        same order, the first activation applied as its convolution writes, the residual sum accumulated
+        into ``y`` by the second convolution and the last activation in place (no full-size allocation
+        but the two convolution inputs). Training and the reference path keep the published ops."""
         first, second = self.convs
         z = first.leaky(self.act(y), NEGATIVE_SLOPE)
         return F.leaky_relu_(second.add_into(y, z), NEGATIVE_SLOPE)
@@ -331,11 +342,6 @@ def _stage(ndims: int, channels: tuple[int, ...], norm: bool) -> nn.Sequential:
 
 def _embedding(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(EMBED_DIM, channels), nn.ReLU(), nn.Linear(channels, channels))
-
-
-def _in_place() -> bool:
-    """Whether the fast layers may write sums into fresh layer outputs: no gradient is recorded."""
-    return _fast() and not torch.is_grad_enabled()
 
 
 def _plus(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     images = held_out_images(args, size)
     report = {"model": args.model, "size": size, "amplitude": schedule.gain(size), "images": int(images.shape[0]),
               "samples": args.samples,
-              "recovery": recovery_metrics(model.net, images, schedule, buckets_for(model.meta.timesteps, 4), args.samples, seed=0,
-                                           foreground=args.foreground)}
+              "recovery": recovery_metrics(model.net, images, schedule, buckets_for(model.meta.timesteps, 4),
+                                           args.samples, seed=0, foreground=args.foreground)}
     if args.depths:
         report["folding"] = folding(model.net, images, schedule, args.depths, 1, model.meta.compose_padding,
                                     args.recovery)
