@@ -3,7 +3,6 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
-
 from DRDMSlicerLib.geometry import LPS_TO_RAS, ijkToRasFromNode
 
 

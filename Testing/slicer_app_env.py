@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 STANDIN = ROOT / "Testing" / "slicer_app"

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import phantom
-from drdm_engine.augment import generate
+
 from drdm_engine.cli import main
-from drdm_engine.errors import DRDMError
-from drdm_engine.geometry import Geometry, WorkingGrid, field_to_input_voxels, to_working
-from drdm_engine.io import read_image, read_labels, write_displacement_field
-from drdm_engine.precision import recovery_dtype
+from drdm_engine.core.errors import DRDMError
+from drdm_engine.core.grid import Geometry, WorkingGrid, field_to_input_voxels, to_working
+from drdm_engine.io.read import read_image, read_labels
+from drdm_engine.io.write import write_displacement_field
+from drdm_engine.model.precision import recovery_dtype
+from drdm_engine.warp.case import generate
 
 
 def run(tmp_path, image, labels, *extra, out="out"):
@@ -163,7 +164,7 @@ def test_a_cubic_input_of_the_working_size_takes_its_field_without_resampling(mo
 def test_diffusion_only_sampling_never_reads_the_image(monkeypatch, phantom_files):
     """Without a model the random field needs the working grid's size only: the image is not
     normalised or resampled onto the working grid."""
-    import drdm_engine.augment as augment
+    import drdm_engine.warp.case as augment
     monkeypatch.setattr(augment, "to_working", lambda *a, **k: pytest.fail("image resampled for diffusion only"))
     image = read_image(phantom_files[0], pixel_type=None)
     composed, _ = augment.sample_working(image, None, 2, 30, 1, size=16)
@@ -206,7 +207,7 @@ def test_field_writer_streams_row_blocks_and_refuses_wrong_ones(tmp_path):
 
 
 def test_a_non_finite_field_is_refused_before_anything_is_warped(monkeypatch):
-    import drdm_engine.augment as augment
+    import drdm_engine.warp.case as augment
 
     real = augment.sample_fields
 

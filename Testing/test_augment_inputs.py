@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import phantom, rotation
+
 from drdm_engine.cli import main
-from drdm_engine.geometry import Geometry
-from drdm_engine.io import read_labels
+from drdm_engine.core.grid import Geometry
+from drdm_engine.io.read import read_labels
 
 FAST = ["--model", "none", "--size", "16", "--depth", "40"]
 
@@ -201,7 +201,7 @@ def test_same_seed_same_bytes_without_names_or_times(tmp_path, capsys):
 def test_a_large_2d_image_gets_a_bounded_preview(tmp_path, capsys, monkeypatch):
     """A 2D image warped in several slabs (as a 2500 x 3000 X-ray is, at 2^22 pixels per slab; here the
     slab and the preview side are scaled down with the image) and previewed subsampled."""
-    from drdm_engine import augment as engine
+    from drdm_engine.warp import case as engine
 
     monkeypatch.setattr(engine, "SLAB_VOXELS", 1 << 15)
     monkeypatch.setattr(engine, "PREVIEW_SIDE", 128)

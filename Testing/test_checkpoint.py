@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from drdm_engine import RecResACNet
-from drdm_engine.checkpoint import ModelMeta, import_published, load_checkpoint, save_checkpoint
-from drdm_engine.errors import DRDMError
+from drdm_engine.core.errors import DRDMError
+from drdm_engine.model.checkpoint import ModelMeta, import_published, load_checkpoint, save_checkpoint
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path):

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from drdm_engine.checkpoint import FORMAT, ModelMeta, load_checkpoint, save_checkpoint
-from drdm_engine.cli import main
-from drdm_engine.network import RecResACNet
 from conftest import ROOT
 from training_fixtures import write_phantoms
+
+from drdm_engine.cli import main
+from drdm_engine.model.checkpoint import FORMAT, ModelMeta, load_checkpoint, save_checkpoint
+from drdm_engine.model.network import RecResACNet
 
 
 class CodeRunning:

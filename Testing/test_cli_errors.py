@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import SimpleITK as sitk
-
 from conftest import phantom
+
 from drdm_engine.cli import main
 
 

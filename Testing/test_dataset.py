@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from dataset_fixtures import build_nnunet, chest_case, tree
+
 from drdm_engine.cli import main
-from drdm_engine.dataset import MANIFEST, case_seed
-from drdm_engine.geometry import Geometry
+from drdm_engine.core.grid import Geometry
+from drdm_engine.jobs.dataset import MANIFEST, case_seed
 
 ARGS = ["--samples", "2", "--model", "none", "--size", "32", "--seed", "5", "--progress-lines"]
 
@@ -187,7 +187,7 @@ def test_ctrl_c_keeps_finished_cases_and_a_rerun_completes_them(nnunet, tmp_path
 
 
 def test_list_files_and_their_errors(tmp_path, capsys):
-    from drdm_engine.cases import find_cases, is_dataset
+    from drdm_engine.jobs.cases import find_cases, is_dataset
 
     for o in range(2):
         ct, seg = chest_case(o)

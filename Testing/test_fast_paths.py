@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drdm_engine import fields, network, sampler
-from drdm_engine.diffusion import DiffusionSchedule, _integrate_to_image, _to_image_grid, forward_fields
-from drdm_engine.network import RecResACNet
+from drdm_engine.core import fields
+from drdm_engine.core.diffusion import DiffusionSchedule, _integrate_to_image, _to_image_grid, forward_fields
+from drdm_engine.model import network, sampler
+from drdm_engine.model.network import RecResACNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from drdm_engine import fields
+from drdm_engine.core import fields
 
 
 def smooth_field(shape, amplitude, seed=0):

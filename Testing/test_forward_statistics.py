@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from drdm_engine import fields
-from drdm_engine.diffusion import DiffusionSchedule, forward_fields, steps_clean, steps_full
+from drdm_engine.core import fields
+from drdm_engine.core.diffusion import DiffusionSchedule, forward_fields, steps_clean, steps_full
 
 CASES = {"2d_256_t8": (2, 256, 8, 8), "2d_256_t48": (2, 256, 48, 8), "2d_256_t79": (2, 256, 79, 8),
          "3d_64_t16": (3, 64, 16, 3), "3d_64_t79": (3, 64, 79, 3), "3d_128_t64": (3, 128, 64, 1)}

@@ -10,11 +10,11 @@ import textwrap
 
 import pytest
 
-from drdm_engine import heap
+from drdm_engine.model.cpu import heap
 
 CHURN = textwrap.dedent("""
     import ctypes, json, os, resource
-    from drdm_engine import heap
+    from drdm_engine.model.cpu import heap
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]

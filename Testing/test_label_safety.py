@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import phantom
-from drdm_engine import fields
-from drdm_engine.augment import generate
-from drdm_engine import labels as label_module
-from drdm_engine.geometry import sample_rows, source_rows
-from drdm_engine.io import read_image, read_labels
-from drdm_engine.labels import LabelWarper, linear_vote
+
+from drdm_engine.core import fields
+from drdm_engine.core import labels as label_module
+from drdm_engine.core.grid import sample_rows, source_rows
+from drdm_engine.core.labels import LabelWarper, linear_vote
+from drdm_engine.io.read import read_image, read_labels
+from drdm_engine.warp.case import generate
 
 
 def reference_argmax(labels: torch.Tensor, pos: torch.Tensor, lo: int = 0) -> torch.Tensor:

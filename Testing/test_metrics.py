@@ -4,10 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drdm_engine import fields
-from drdm_engine import metrics
-from drdm_engine.metrics import label_agreement, strided_norms
-from drdm_engine.order import quantile
+from drdm_engine.core import fields, metrics
+from drdm_engine.core.metrics import label_agreement, strided_norms
+from drdm_engine.core.order import quantile
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 100, 12345])

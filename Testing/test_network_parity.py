@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from drdm_engine import RecResACNet, fields
-from drdm_engine.network import parameter_count
-from drdm_engine.sampler import RecoverySettings, recover
+from drdm_engine import RecResACNet
+from drdm_engine.core import fields
+from drdm_engine.model.network import parameter_count
+from drdm_engine.model.sampler import RecoverySettings, recover
 
 
 @pytest.fixture(scope="module")

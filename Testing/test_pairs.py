@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from dataset_fixtures import chest_case
+
 from drdm_engine.cli import main
 
 

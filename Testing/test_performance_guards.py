@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from drdm_engine import fields, network, sampler
-from drdm_engine.diffusion import DiffusionSchedule
-from drdm_engine.network import RecResACNet
-
+from drdm_engine.core import fields
+from drdm_engine.core.diffusion import DiffusionSchedule
+from drdm_engine.model import network, sampler
+from drdm_engine.model.network import RecResACNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from drdm_engine.network import RecResACNet
-from drdm_engine.precision import mixed_precision_dtype, native_bf16, recovery_dtype
+from drdm_engine.model.network import RecResACNet
+from drdm_engine.model.precision import mixed_precision_dtype, native_bf16, recovery_dtype
 
 CPU = torch.device("cpu")
 
@@ -51,7 +51,7 @@ def test_published_network_under_bf16_keeps_its_input_block_in_fp32(reference):
                                            ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True)])
 def test_auto_recovery_is_fp32_on_every_cpu(monkeypatch, flags, native):
     """With the fast fp32 layers, bf16 autocast measured 1.8-2.2x slower on an AVX512-BF16 CPU."""
-    import drdm_engine.precision as precision
+    import drdm_engine.model.precision as precision
 
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
     assert precision.native_bf16(CPU) is native

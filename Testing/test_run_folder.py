@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import ROOT, phantom
+
 from drdm_engine.cli import main
 
 RUN = ["--samples", "6", "--depth", "40", "--model", "none", "--size", "32", "--progress-lines"]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
-
 from conftest import ROOT
 
 LIB_DIR = Path("lib") / "Slicer-5.10" / "qt-scripted-modules"
@@ -82,9 +81,9 @@ for info in pkgutil.iter_modules(DRDMSlicerLib.__path__):
 assert Path(DRDMSlicerLib.__file__).resolve().parent.parent == installed, DRDMSlicerLib.__file__
 assert Path(engineSearchPath()).resolve() == installed, engineSearchPath()
 assert "torch" not in sys.modules
-import drdm_engine.cli
-assert Path(drdm_engine.cli.__file__).resolve().parent.parent == installed, drdm_engine.cli.__file__
-drdm_engine.cli.build_parser()
+import drdm_engine.cli.commands
+assert Path(drdm_engine.__file__).resolve().parent.parent == installed, drdm_engine.__file__
+drdm_engine.cli.commands.build_parser()
 print("ok")
 """
 

@@ -40,10 +40,9 @@ def fakeLogic():
 
 
 def test_field_as_grid_transform_hardens_like_itk_resampling(scene, case):
+    from DRDMSlicerLib import fieldImageToGridTransformNode
     from fake_drdm_worker import analyticField
     from helpers import hardeningError
-
-    from DRDMSlicerLib import fieldImageToGridTransformNode
 
     image, volume, _ = case
     field = analyticField(image, 0)
@@ -61,11 +60,10 @@ def test_field_as_grid_transform_hardens_like_itk_resampling(scene, case):
 
 
 def test_generate_creates_nodes_with_exact_geometry_segments_and_grid_display(scene, case):
-    from fake_drdm_worker import analyticField
-    from helpers import hardened, hardeningError, segmentMask
-
     from DRDMSlicerLib.geometry import ijkToRasFromNode
     from DRDMSlicerLib.segments import segmentIds
+    from fake_drdm_worker import analyticField
+    from helpers import hardened, hardeningError, segmentMask
 
     image, volume, segmentation = case
     seen = []
@@ -113,11 +111,10 @@ def slicer_array(node):
 
 def test_export_writes_cases_that_read_back_and_never_overwrites(scene, case, tmp_path):
     import slicer
-    from helpers import loadVolume
-
     from DRDMSlicerLib import DRDMLogic
     from DRDMSlicerLib.geometry import ijkToRasFromNode
     from DRDMSlicerLib.segments import segmentIds
+    from helpers import loadVolume
 
     _, volume, segmentation = case
     results = fakeLogic().generate(volume, segmentation, samples=2, depth=8, seed=5)
@@ -207,10 +204,9 @@ def test_bad_settings_and_overlapping_segments_are_refused(scene, case):
 
 def test_real_engine_diffusion_only_reproduced_by_hardening(scene, tmp_path):
     """The real ``python -m drdm_engine augment`` (diffusion only, small depth) through the logic."""
-    from helpers import addSegmentation, hardened, loadVolume
-
     from DRDMSlicerLib import DRDMLogic
     from DRDMSlicerLib.geometry import ijkToRasFromNode
+    from helpers import addSegmentation, hardened, loadVolume
 
     image = blobImage(shape=(32, 32, 32), spacing=(1.0, 1.0, 1.5), angle=0.2)
     sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
@@ -230,10 +226,9 @@ def test_real_engine_diffusion_only_reproduced_by_hardening(scene, tmp_path):
 
 def test_samples_as_one_sequence_browsed_by_index(scene, case):
     import vtk
-
     from DRDMSlicerLib import samplesAsSequence
-    from DRDMSlicerLib.sequences import sequencesLogic
     from DRDMSlicerLib.segments import segmentIds
+    from DRDMSlicerLib.sequences import sequencesLogic
 
     _, volume, segmentation = case
     results = fakeLogic().generate(volume, segmentation, samples=3, depth=8, seed=5)

@@ -12,10 +12,9 @@ from test_slicer_logic import INTERIOR, case, fakeLogic  # noqa: E402,F401
 
 def test_grid_transform_is_float32_on_a_coarse_grid_and_still_reproduces_the_output(scene, case):
     import vtk
+    from DRDMSlicerLib import fieldImageToGridTransformNode
     from fake_drdm_worker import analyticField, warp
     from helpers import hardened
-
-    from DRDMSlicerLib import fieldImageToGridTransformNode
 
     image, volume, _ = case
     field = analyticField(image, 0)
@@ -98,9 +97,8 @@ def test_console_generate_lets_slicer_process_events_while_it_waits(scene, case,
 def test_a_file_off_the_input_grid_is_refused_from_its_header_and_leaves_no_nodes(scene, case, tmp_path):
     import json
 
-    from fake_drdm_worker import analyticField
-
     from DRDMSlicerLib import loadResults
+    from fake_drdm_worker import analyticField
 
     image, volume, _ = case
     field = analyticField(image, 0)

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from drdm_engine.checkpoint import ModelMeta, save_checkpoint
-from drdm_engine.cli import main
-from drdm_engine.network import RecResACNet
 from conftest import ROOT
 from training_fixtures import write_phantoms
 
+from drdm_engine.cli import main
+from drdm_engine.model.checkpoint import ModelMeta, save_checkpoint
+from drdm_engine.model.network import RecResACNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -234,7 +233,7 @@ def test_cpu_training_that_would_not_fit_in_memory_is_one_line(data, tmp_path, c
     """The activations kept for the backward pass (about 2000 floats per voxel and sample) are estimated
     before the network is built: a run that would not fit is refused with how to fit it, and runs with
     --force-large."""
-    import drdm_engine.resources as resources
+    import drdm_engine.jobs.resources as resources
     monkeypatch.setattr(resources, "available_memory", lambda: resources.BASE_MEMORY + 3 * 16 ** 2 * 4 * 2000)
     result = run_cli(capsys, train_args(data, tmp_path / "run", "--batch-size", 8))
     assert_refused(result, "use --batch-size 3 or less")

@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from drdm_engine.training import augment, losses
+from drdm_engine.training import augmentation as augment
+from drdm_engine.training import losses
 
 
 def _smooth_field(nd: int, side: int, amplitude: float) -> torch.Tensor:

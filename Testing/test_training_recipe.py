@@ -7,19 +7,18 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
+from training_fixtures import phantom, write_phantoms
 
-from drdm_engine.checkpoint import load_checkpoint
-from drdm_engine.diffusion import DiffusionSchedule, diffuse, forward_fields
-from drdm_engine.network import RecResACNet
+from drdm_engine.core.diffusion import DiffusionSchedule, diffuse, forward_fields
+from drdm_engine.model.checkpoint import load_checkpoint
+from drdm_engine.model.network import RecResACNet
 from drdm_engine.training import losses
 from drdm_engine.training.config import TrainConfig
 from drdm_engine.training.data import load_cache, save_cache
 from drdm_engine.training.evaluation import buckets_for, recovery_metrics
 from drdm_engine.training.model_setup import quiet_output
 from drdm_engine.training.trainer import Trainer
-from conftest import ROOT
-from training_fixtures import phantom, write_phantoms
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,7 +145,7 @@ class Block:
         if name.split('.')[0] in ('SimpleITK', 'slicerio'):
             raise ImportError('blocked for this test: ' + name)
 sys.meta_path.insert(0, Block())
-from drdm_engine.training.cli import main
+from drdm_engine.cli.train import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -165,9 +164,9 @@ def test_training_from_a_cache_runs_without_simpleitk(cache2d, tmp_path):
 def test_named_cmr2d_model_resolves_with_its_licence_beside_it():
     """``--model cmr2d`` resolves to the bundled conversion of the published 2D model (metadata of the
     published 2D config), with its licence, notice and card beside it; a 3D image refuses it."""
-    from drdm_engine.augment import resolve_model
-    from drdm_engine.errors import DRDMError
-    from drdm_engine.model_zoo import NAMED_MODELS, resolve_name
+    from drdm_engine.core.errors import DRDMError
+    from drdm_engine.model.registry import NAMED_MODELS, resolve_name
+    from drdm_engine.warp.case import resolve_model
 
     named = NAMED_MODELS["cmr2d"]
     assert resolve_name("CMR2D") == str(named.path) and resolve_name("my/model.pt") == "my/model.pt"
@@ -182,7 +181,7 @@ def test_named_cmr2d_model_resolves_with_its_licence_beside_it():
 def test_named_cmr2d_model_reproduces_the_published_network(reference):
     import numpy as np
 
-    from drdm_engine.augment import resolve_model
+    from drdm_engine.warp.case import resolve_model
 
     loaded = resolve_model("cmr2d", 2, torch.device("cpu"))
     published = torch.load(reference / "drdm_cmr_2d_published.pth", map_location="cpu", weights_only=True)

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from drdm_engine.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from drdm_engine.errors import DRDMError
-from drdm_engine.network import RecResACNet
-from drdm_engine.training import cli
-from drdm_engine.training.config import TrainConfig, from_arguments, from_mapping
-from drdm_engine.training.evaluation import buckets_for, recovery_error
-from drdm_engine.training.trainer import Trainer, weights_digest
 from conftest import ROOT
 from training_fixtures import write_phantoms
 
+from drdm_engine.cli import train as cli
+from drdm_engine.core.errors import DRDMError
+from drdm_engine.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from drdm_engine.model.network import RecResACNet
+from drdm_engine.training.config import TrainConfig, from_arguments, from_mapping
+from drdm_engine.training.evaluation import buckets_for, recovery_error
+from drdm_engine.training.trainer import Trainer, weights_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -198,7 +197,7 @@ def test_cpu_training_is_fp32_whatever_the_amp_setting(data2d):
 
 
 def test_cpu_training_steps_run_with_freed_memory_retained(data2d, monkeypatch):
-    from drdm_engine import heap
+    from drdm_engine.model.cpu import heap
     entered = []
     original = heap.retained
 

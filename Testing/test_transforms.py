@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from dataset_fixtures import chest_case
-from drdm_engine.augment import InputField
-from drdm_engine.deform import deformer
-from drdm_engine.io import write_displacement_field
+
+from drdm_engine.io.write import write_displacement_field
+from drdm_engine.warp.arrays import deformer
+from drdm_engine.warp.case import InputField
 
 SETTINGS = {"size": 32, "depth": (40, 60)}
 
@@ -117,7 +117,7 @@ def test_torchio_reproducible_history_and_inverse(chest_files):
 
 
 def test_a_field_bank_draws_each_case_once():
-    from drdm_engine.deform import Deformer
+    from drdm_engine.warp.arrays import Deformer
 
     engine = Deformer(size=32)
     array = np.random.default_rng(0).normal(size=(20, 24, 16)).astype(np.float32)
@@ -130,7 +130,7 @@ def test_a_field_bank_draws_each_case_once():
 
 def test_inverse_field_inverts_in_simpleitk(tmp_path):
     """phi(psi(x)) = x for the forward field and the numerically inverted one, both as ITK field files."""
-    from drdm_engine.deform import Deformer
+    from drdm_engine.warp.arrays import Deformer
 
     ct, _ = chest_case()
     array, spacing = sitk.GetArrayFromImage(ct).astype(np.float32), tuple(reversed(ct.GetSpacing()))

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from drdm_engine.augment import SLAB_VOXELS, _label_array, generate
-from drdm_engine.cli import default_case
-from drdm_engine.geometry import sample_rows, slab_positions, source_rows
-from drdm_engine.io import read_image, read_labels, write_displacement_field
-from drdm_engine.labels import LabelWarper, label_values
+from drdm_engine.cli.commands import default_case
+from drdm_engine.core.grid import sample_rows, slab_positions, source_rows
+from drdm_engine.core.labels import LabelWarper, label_values
+from drdm_engine.io.read import read_image, read_labels
+from drdm_engine.io.write import write_displacement_field
+from drdm_engine.warp.case import SLAB_VOXELS, _label_array, generate
 
 
 def per_label_warp(labels: torch.Tensor, slabs) -> torch.Tensor:

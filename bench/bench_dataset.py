@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import SimpleITK as sitk
-
 from timing import machine
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,10 @@ import argparse
 import numpy as np
 import SimpleITK as sitk
 import torch
-
-from drdm_engine.augment import generate
-from drdm_engine.io import Labels
 from timing import machine, measure, row
+
+from drdm_engine.io.read import Labels
+from drdm_engine.warp.case import generate
 
 LABELS = 7
 

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import torch
-
-from drdm_engine import fields
-from drdm_engine.diffusion import DiffusionSchedule, forward_fields, random_velocity, steps_full
 from timing import machine, measure, row
+
+from drdm_engine.core import fields
+from drdm_engine.core.diffusion import DiffusionSchedule, forward_fields, random_velocity, steps_full
 
 STATS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "forward_field_stats.json"
 

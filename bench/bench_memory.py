@@ -16,9 +16,9 @@ import sys
 CHILD = """
 import resource, sys, torch
 from dataclasses import replace
-from drdm_engine import sampler
-from drdm_engine.diffusion import DiffusionSchedule
-from drdm_engine.network import RecResACNet
+from drdm_engine.model import sampler
+from drdm_engine.core.diffusion import DiffusionSchedule
+from drdm_engine.model.network import RecResACNet
 size, steps, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 model = RecResACNet(3).eval()

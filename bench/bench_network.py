@@ -14,11 +14,11 @@ import argparse
 import contextlib
 
 import torch
+from timing import machine, measure, row
 from torch import nn
 
-from drdm_engine import heap
-from drdm_engine.network import RecResACNet, frozen_weights, reference_layers
-from timing import machine, measure, row
+from drdm_engine.model.cpu import heap
+from drdm_engine.model.network import RecResACNet, frozen_weights, reference_layers
 
 CASES = {"3d64": (3, 64), "2d256": (2, 256), "3d128": (3, 128)}
 MATMUL_SIDE = 4096
@@ -48,7 +48,7 @@ def convolution_flop(model: RecResACNet, image: torch.Tensor, t: torch.Tensor) -
 def layer_rates(ndims: int, size: int, repeats: int) -> None:
     """GFLOP/s of single fast-layer 3x3 convolutions at the network's channel counts and levels, next to
     the channel counts oneDNN's blocked weights pad them to (multiples of 16), and the matmul rate."""
-    from drdm_engine.network import Conv2d, Conv3d, _channels_last
+    from drdm_engine.model.network import Conv2d, Conv3d, _channels_last
 
     a, b = torch.rand(MATMUL_SIDE, MATMUL_SIDE), torch.rand(MATMUL_SIDE, MATMUL_SIDE)
     works, flops = {"fp32 matmul 4096^3 (peak)": lambda: torch.mm(a, b)}, {}

@@ -15,10 +15,11 @@ import time
 from dataclasses import replace
 
 import torch
-
 from bench_sampling import _field, _model_and_image
-from drdm_engine import fields, sampler
 from timing import machine, measure, row
+
+from drdm_engine.core import fields
+from drdm_engine.model import sampler
 
 
 def _timed(work):

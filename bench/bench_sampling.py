@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from drdm_engine import fields, sampler
-from drdm_engine.diffusion import DiffusionSchedule, forward_fields
-from drdm_engine.network import RecResACNet
 from timing import machine, measure, row
+
+from drdm_engine.core import fields
+from drdm_engine.core.diffusion import DiffusionSchedule, forward_fields
+from drdm_engine.model import sampler
+from drdm_engine.model.network import RecResACNet
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CASES = {"2d256": (2, 256, 48), "3d64": (3, 64, 64), "3d128": (3, 128, 64)}

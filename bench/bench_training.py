@@ -16,8 +16,8 @@ import time
 import slicerio
 import torch
 
-from drdm_engine import fields
-from drdm_engine.diffusion import DiffusionSchedule, forward_fields
+from drdm_engine.core import fields
+from drdm_engine.core.diffusion import DiffusionSchedule, forward_fields
 from drdm_engine.training.config import TrainConfig
 from drdm_engine.training.trainer import Trainer, load_training_data
 

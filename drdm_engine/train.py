@@ -1,7 +1,7 @@
 """``python -m drdm_engine.train …`` and ``torchrun --nproc_per_node K -m drdm_engine.train …``."""
 import sys
 
-from .training.cli import main
+from .cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from drdm_engine.errors import DRDMError
+from drdm_engine.core.errors import DRDMError
 from drdm_engine.training.data import load_working_volume, save_cache
 
 MRICRON = Path("/usr/share/mricron/templates")

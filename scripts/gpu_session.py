@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from drdm_engine import fields
-from drdm_engine.diffusion import DiffusionSchedule, diffuse, forward_fields, random_velocity
-from drdm_engine.network import RecResACNet
-from drdm_engine.sampler import RecoverySettings, recover, sample_fields, sample_fields_reference
+from drdm_engine.core import fields
+from drdm_engine.core.diffusion import DiffusionSchedule, diffuse, forward_fields, random_velocity
+from drdm_engine.model.network import RecResACNet
+from drdm_engine.model.sampler import RecoverySettings, recover, sample_fields, sample_fields_reference
 from drdm_engine.training.config import TrainConfig
 from drdm_engine.training.data import load_cache
 from drdm_engine.training.losses import recovery_loss

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from drdm_engine import fields
-from drdm_engine.checkpoint import load_checkpoint
-from drdm_engine.model_zoo import resolve_name
-from drdm_engine.sampler import RecoverySettings, sample_fields
+from drdm_engine.core import fields
+from drdm_engine.model.checkpoint import load_checkpoint
+from drdm_engine.model.registry import resolve_name
+from drdm_engine.model.sampler import RecoverySettings, sample_fields
 from drdm_engine.training.data import load_cache, load_volumes
 from drdm_engine.training.evaluation import buckets_for, recovery_metrics
 

@@ -25,9 +25,10 @@ from pathlib import Path
 import slicerio
 import torch
 
-from drdm_engine import checkpoint, fields
-from drdm_engine.errors import DRDMError
-from drdm_engine.sampler import RecoverySettings, sample_fields
+from drdm_engine.core import fields
+from drdm_engine.core.errors import DRDMError
+from drdm_engine.model import checkpoint
+from drdm_engine.model.sampler import RecoverySettings, sample_fields
 from drdm_engine.training.config import TrainConfig
 from drdm_engine.training.data import load_volumes
 from drdm_engine.training.evaluation import buckets_for, recovery_error

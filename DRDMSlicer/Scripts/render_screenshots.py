@@ -35,8 +35,8 @@ def diffusionOnlySample(scene, depth: int, seed: int):
     """Chest CT volume node and a grid transform node holding an engine forward-diffusion field (LPS -> RAS)."""
     import torch
 
-    from drdm_engine.geometry import Geometry, WorkingGrid, field_to_input_voxels, to_working, voxels_to_physical
-    from drdm_engine.sampler import sample_fields
+    from drdm_engine.core.grid import Geometry, WorkingGrid, field_to_input_voxels, to_working, voxels_to_physical
+    from drdm_engine.model.sampler import sample_fields
 
     path = slicerio.get_testdata_file("CTChest4.nrrd")
     image = sitk.ReadImage(path, sitk.sitkFloat32)

@@ -6,15 +6,15 @@ Every field is a YAML key and a flag (``size`` -> ``--size``, ``checkpoint_every
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields, asdict, MISSING
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
-from ..checkpoint import PADDINGS
-from ..errors import DRDMError
-from ..limits import MAX_SIDE, require_int, require_number, require_seed, require_side
+from ..core.errors import DRDMError
+from ..core.limits import MAX_SIDE, require_int, require_number, require_seed, require_side
+from ..model.checkpoint import PADDINGS
 
 INTEGRATORS = ("fast", "sequential")
 

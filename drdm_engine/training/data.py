@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import DRDMError
-from ..geometry import Geometry, WorkingGrid, to_working
-from ..intensity import normalise_
+from ..core.errors import DRDMError
+from ..core.grid import Geometry, WorkingGrid, to_working
+from ..core.intensity import normalise_
 
 CACHE_FORMAT = "drdm-volume-cache"
 CACHE_SUFFIX = ".pt"
@@ -30,7 +30,7 @@ FORMATS = "NIfTI/NRRD/MHA"
 
 
 def _is_image(path: Path) -> bool:
-    from ..io import IMAGE_SUFFIXES, suffix_of
+    from ..io.formats import IMAGE_SUFFIXES, suffix_of
 
     return suffix_of(path) in IMAGE_SUFFIXES
 
@@ -76,7 +76,7 @@ def load_working_volume(path: Path, size: int) -> torch.Tensor:
     """One volume normalised to [0, 1] and resampled onto its working grid: ``(1, size^nd)``."""
     import SimpleITK as sitk
 
-    from ..io import read_image
+    from ..io.read import read_image
 
     image = read_image(path)
     grid = WorkingGrid.fit(Geometry.of(image), size)

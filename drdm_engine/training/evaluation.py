@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..diffusion import DiffusionSchedule, diffuse, forward_fields
-from ..limits import sub_seed
-from ..network import RecResACNet
+from ..core.diffusion import DiffusionSchedule, diffuse, forward_fields
+from ..core.limits import sub_seed
+from ..model.network import RecResACNet
 from .losses import compose_with_target, cosine_map, cosine_per_sample, magnitude_ratio_per_sample, mrse_per_sample
 
 SEED_STRIDE = 1_000_003

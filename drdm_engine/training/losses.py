@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import fields
+from ..core import fields
 
 EPS = 1e-7
 GRADIENT_THRESHOLD = 1e-4

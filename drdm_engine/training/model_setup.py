@@ -5,11 +5,11 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint
-from ..checkpoint import ModelMeta
-from ..errors import DRDMError
-from ..limits import require_int
-from ..network import RecResACNet
+from ..core.errors import DRDMError
+from ..core.limits import require_int
+from ..model import checkpoint
+from ..model.checkpoint import ModelMeta
+from ..model.network import RecResACNet
 from .config import TrainConfig
 
 OUTPUT_INIT_STD = 1e-5

@@ -18,21 +18,23 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import checkpoint, fields, heap
-from ..diffusion import DiffusionSchedule, diffuse, forward_fields
-from ..errors import DRDMError
-from ..limits import sub_seed
-from ..network import RecResACNet
-from ..precision import mixed_precision_dtype
-from ..resources import check_training_memory
-from . import distributed
-from .augment import augment
+from ..core import fields
+from ..core.diffusion import DiffusionSchedule, diffuse, forward_fields
+from ..core.errors import DRDMError
+from ..core.limits import sub_seed
+from ..jobs import distributed
+from ..jobs.resources import check_training_memory
+from ..model import checkpoint
+from ..model.cpu import heap
+from ..model.network import RecResACNet
+from ..model.precision import mixed_precision_dtype
+from .augmentation import augment
 from .config import TrainConfig
 from .data import VolumeSet, is_cache, load_cache, load_volumes, split_sources
 from .evaluation import METRICS, buckets_for, recovery_metrics
 from .losses import LossTerms, recovery_loss
 from .model_setup import meta_for, starting_network
-from .run_folder import check_run_folder, open_run_folder
+from .output_folder import check_run_folder, open_run_folder
 
 RANK_SEED_STRIDE = 7_919
 CHECKPOINT_NAME = "checkpoint.pt"

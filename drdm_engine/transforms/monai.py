@@ -15,7 +15,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 
-from ..deform import deformer, spacing_of_affine
+from ..warp.arrays import deformer, spacing_of_affine
 
 SEEDS = 2 ** 31 - 1
 

@@ -13,7 +13,7 @@ import torchio as tio
 from torchio.transforms.augmentation import RandomTransform
 from torchio.transforms.spatial_transform import SpatialTransform
 
-from ..deform import deformer
+from ..warp.arrays import deformer
 
 SEEDS = 2 ** 31 - 1
 

@@ -20,10 +20,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .augment import SLAB_VOXELS, InputField, resolve_device, resolve_model, sample_working, warp_rows
-from .geometry import WorkingGrid, slab_positions
-from .labels import LabelWarper, compact_labels
-from .pairs import resampling_field
+from ..core.grid import WorkingGrid, slab_positions
+from ..core.labels import LabelWarper, compact_labels
+from ..core.pairs import resampling_field
+from .case import SLAB_VOXELS, InputField, resolve_device, resolve_model, sample_working, warp_rows
 
 CACHED_FIELDS = 64  # each is 12 N^3 bytes: 25 MB at a working size of 128, 3 MB at 64
 BANKED_CASES = 1 << 16

@@ -25,15 +25,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import __version__
-from .augment import InputField, _apply, generate, resolve_model
+from .. import __version__
+from ..core.errors import DRDMError
+from ..core.grid import Geometry
+from ..core.pairs import between
+from ..io.formats import stem_of, suffix_of
+from ..io.read import Labels, read_image, read_labels
+from ..io.write import write_displacement_field, write_image, write_json, write_segmentation
+from ..model.checkpoint import describe
+from ..warp.case import InputField, _apply, generate, resolve_model
 from .cases import Case, Dataset
-from .checkpoint import describe
-from .errors import DRDMError
-from .geometry import Geometry
-from .io import Labels, read_image, read_labels, stem_of, suffix_of, write_displacement_field, write_image, \
-    write_json, write_segmentation
-from .pairs import between
 
 STATE = ".drdm_state"
 MANIFEST = "drdm_manifest.json"

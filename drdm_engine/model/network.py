@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fields
+from ..core import fields
 
 EMBED_DIM = 100
 NEGATIVE_SLOPE = 1e-6

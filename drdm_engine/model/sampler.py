@@ -12,8 +12,9 @@ from typing import Callable
 
 import torch
 
-from . import fields, heap
-from .diffusion import DiffusionSchedule, Integrator, diffuse, forward_fields
+from ..core import fields
+from ..core.diffusion import DiffusionSchedule, Integrator, diffuse, forward_fields
+from .cpu import heap
 from .network import RecResACNet, frozen_weights, reference_layers
 
 Progress = Callable[[int, int], None]

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DRDMError
-from .io import IMAGE_SUFFIXES, stem_of, suffix_of
+from ..core.errors import DRDMError
+from ..io.formats import IMAGE_SUFFIXES, stem_of, suffix_of
 
 LIST_SUFFIXES = (".txt", ".csv")
 DEFAULT_LABEL_PATTERNS = ("{case}.seg.nrrd",) + tuple("{case}" + s for s in IMAGE_SUFFIXES)

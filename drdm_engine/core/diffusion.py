@@ -7,7 +7,7 @@ tensor axis ``c``; see :mod:`drdm_engine.fields`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import DRDMError
+from ..core.errors import DRDMError
 
 DEFAULT_SAMPLES = 3
 DEFAULT_DEPTH = 32
@@ -48,20 +48,20 @@ class _Progress:
 
 
 def _augment(args: argparse.Namespace) -> int:
-    from .runfolder import stop_signals_interrupt
+    from ..jobs.runfolder import stop_signals_interrupt
 
     with stop_signals_interrupt():
         return _run_augment(args)
 
 
 def _run_augment(args: argparse.Namespace) -> int:
-    from .augment import DIFFUSION_ONLY_SIZE, check_settings, generate, resolve_device, resolve_model
-    from .dataset_cli import run_from_args, wants_dataset
-    from .export import MANIFEST, earlier_samples, output_matcher, write_run
-    from .io import check_image_info, inspect_image, is_single_slice, read_image, read_labels
-    from .precision import recovery_dtype
-    from .resources import check, estimate
-    from .runfolder import RunFolder
+    from ..io.read import check_image_info, inspect_image, is_single_slice, read_image, read_labels
+    from ..jobs.export import MANIFEST, earlier_samples, output_matcher, write_run
+    from ..jobs.resources import check, estimate
+    from ..jobs.runfolder import RunFolder
+    from ..model.precision import recovery_dtype
+    from ..warp.case import DIFFUSION_ONLY_SIZE, check_settings, generate, resolve_device, resolve_model
+    from .dataset import run_from_args, wants_dataset
 
     if wants_dataset(args):
         return run_from_args(args)
@@ -121,7 +121,7 @@ def _run_augment(args: argparse.Namespace) -> int:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    from .checkpoint import describe, import_published, save_checkpoint
+    from ..model.checkpoint import describe, import_published, save_checkpoint
 
     target = Path(args.output)
     if target.exists() and not target.is_dir() and not args.overwrite:
@@ -135,8 +135,9 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from . import __version__
-    from .checkpoint import DEFAULT_MODEL, describe, load_checkpoint
+    from .. import __version__
+    from ..model.checkpoint import describe, load_checkpoint
+    from ..model.registry import DEFAULT_MODEL
 
     print(f"drdm_engine {__version__}")
     path = args.model or DEFAULT_MODEL
@@ -153,8 +154,8 @@ TRAINING_FREE = ("augment", "info", "import-checkpoint")
 def build_parser(with_training: bool = True) -> argparse.ArgumentParser:
     """The ``drdm`` parser; ``with_training=False`` leaves out ``train``/``evaluate`` (and the import of
     the trainer and ``torch.distributed`` they need) for a command that does not use them."""
-    from .io import FIELD_COMPRESSION_DEFAULT
-    from .precision import PRECISIONS
+    from ..io.write import FIELD_COMPRESSION_DEFAULT
+    from ..model.precision import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="drdm", description="DRDM: diverse, plausible deformations of one "
                                      "patient's image and segmentation (Deformation-Recovery Diffusion Model).")
@@ -188,7 +189,7 @@ def build_parser(with_training: bool = True) -> argparse.ArgumentParser:
                      help="run even when the estimated memory or disk exceeds what is available")
     aug.add_argument("--progress-lines", action="store_true",
                      help="print 'drdm-progress <fraction> <text>' lines on stdout instead of a bar")
-    from .dataset_cli import add_arguments
+    from .dataset import add_arguments
 
     add_arguments(aug)
     aug.set_defaults(func=_augment)
@@ -206,7 +207,7 @@ def build_parser(with_training: bool = True) -> argparse.ArgumentParser:
     imp.set_defaults(func=_import_checkpoint)
 
     if with_training:
-        from .training.cli import register
+        from .train import register
 
         register(sub)
 
@@ -231,5 +232,3 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signum
 
 
-if __name__ == "__main__":
-    sys.exit(main())

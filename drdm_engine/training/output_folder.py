@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import DRDMError
-from ..runfolder import lock_folder, unlock_folder
+from ..core.errors import DRDMError
+from ..jobs.runfolder import lock_folder, unlock_folder
 
 LOCK_NAME = ".drdm-train.lock"
 

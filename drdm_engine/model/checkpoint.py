@@ -16,15 +16,15 @@ import os
 import pickle
 import re
 import warnings
-from dataclasses import dataclass, field, fields, asdict, MISSING
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
 
 import torch
 
-from .diffusion import DiffusionSchedule
-from .errors import DRDMError
-from .limits import MAX_SIDE, require_int, require_number, require_side
+from ..core.diffusion import DiffusionSchedule
+from ..core.errors import DRDMError
+from ..core.limits import MAX_SIDE, require_int, require_number, require_side
 from .network import RecResACNet
 
 FORMAT = "drdm-checkpoint"
@@ -34,7 +34,6 @@ MAX_TIMESTEPS = 100_000
 MAX_IN_CHANNELS = 1024
 MAX_REC_NUM = 16
 PADDINGS = ("border", "zeros")
-DEFAULT_MODEL = Path(__file__).parent / "models" / "drdm_default_3d.pt"
 
 
 @dataclass
@@ -127,7 +126,7 @@ class LoadedModel:
 
 
 def _engine_version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__
 
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import DRDMError
+from ..core.errors import DRDMError
 
 LOCK_NAME = ".drdm-lock"
 STAGING_PREFIX = ".drdm-staging-"

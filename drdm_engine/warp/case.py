@@ -15,18 +15,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .checkpoint import DEFAULT_MODEL, LoadedModel, load_checkpoint
-from .diffusion import DiffusionSchedule
-from .errors import DRDMError
-from .geometry import Geometry, WorkingGrid, field_to_input_voxels, sample_rows, slab_positions, source_rows, \
-    to_working, voxels_to_physical
-from .intensity import normalise_
-from .io import Labels, is_single_slice
-from .labels import LabelWarper, compact_labels, label_values
-from .metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
-from .model_zoo import resolve_name
-from .precision import recovery_dtype
-from .sampler import RecoverySettings, sample_fields
+from ..core.diffusion import DiffusionSchedule
+from ..core.errors import DRDMError
+from ..core.grid import (Geometry, WorkingGrid, field_to_input_voxels, sample_rows, slab_positions, source_rows,
+                         to_working, voxels_to_physical)
+from ..core.intensity import normalise_
+from ..core.labels import LabelWarper, compact_labels, label_values
+from ..core.metrics import displacement_stats, folding, label_agreement, sample_stride, strided_norms
+from ..io.read import Labels, is_single_slice
+from ..model.checkpoint import LoadedModel, load_checkpoint
+from ..model.precision import recovery_dtype
+from ..model.registry import DEFAULT_MODEL, resolve_name
+from ..model.sampler import RecoverySettings, sample_fields
 
 Progress = Callable[[float, str], None]
 DIFFUSION_ONLY_SIZE = {2: 256, 3: 128}

@@ -1,5 +1,5 @@
-"""Medical image I/O with full geometry (SimpleITK), Slicer ``.seg.nrrd`` segment metadata (slicerio),
-input validation with one-line errors, and atomic writes.
+"""Reading medical images with full geometry (SimpleITK) and Slicer ``.seg.nrrd`` segment metadata
+(slicerio), with input validation in one-line errors.
 
 Inputs are checked from their header before any voxel is read (dimension, pixel type, size), NIfTI
 files against the byte count their header announces (a truncated or corrupt ``.nii.gz`` is refused),
@@ -7,46 +7,23 @@ and a folder holding one DICOM series is read as a volume.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import gzip
-import json
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DRDMError
-from .geometry import Geometry
+from ..core.errors import DRDMError
+from ..core.grid import Geometry
+from .formats import suffix_of
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PIXEL_BYTES = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
                sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8}
 SCALAR_PIXELS = tuple(PIXEL_BYTES)
-FIELD_COMPRESSION_DEFAULT = 0  # measured: gzip level 1 saves 7 % of a field for about 5x the write time
-SEGMENTATION_COMPRESSION = 6  # gzip level of .seg.nrrd (zlib's default): measured on the bundled case, 7 ms
-# and 27.7 kB per file against slicerio's default 9: 78 ms and 26.2 kB
-
-
-def suffix_of(path: str | os.PathLike) -> str:
-    """Full medical-image suffix (``.nii.gz``, ``.seg.nrrd``, ``.nrrd``, ...), lower case."""
-    name = Path(path).name.lower()
-    for suffix in (".seg.nrrd",) + IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return Path(path).suffix.lower()
-
-
-def stem_of(path: str | os.PathLike) -> str:
-    """File name without its medical-image suffix (a folder's name for a DICOM folder)."""
-    name = Path(path).name
-    suffix = suffix_of(path)
-    return name[: len(name) - len(suffix)] if suffix and name.lower().endswith(suffix) else Path(path).stem
 
 
 def dicom_series(path: str | os.PathLike) -> list[str]:
@@ -330,132 +307,3 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image, info: ImageInfo 
         image = sitk.Cast(image, _integer_pixel(int(lo), int(hi)))
     Geometry.of(reference).apply_to(image)
     return Labels(image, segmentation, names)
-
-
-def atomic_path(path: Path) -> Path:
-    """Temporary sibling of ``path`` that keeps its suffix (so writers pick the right format)."""
-    return path.with_name(f".tmp{os.getpid()}_{path.name}")
-
-
-def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write atomically: a temporary file in the same folder, then rename. A failed write raises
-    ``OSError``."""
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        try:
-            sitk.WriteImage(image, str(tmp), compress)
-        except RuntimeError as exc:  # ITK reports a full disk or an I/O error this way
-            raise OSError(errno.EIO, "SimpleITK could not write the file") from exc
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _ascii_placeholders(segments: list[dict]) -> dict[bytes, bytes]:
-    """Replace non-ASCII segment names/IDs (pynrrd writes ASCII only) by unique ASCII placeholders, in
-    place; returns placeholder -> UTF-8 text."""
-    restore: dict[bytes, bytes] = {}
-    for index, segment in enumerate(segments):
-        for key in ("name", "id"):
-            value = segment.get(key)
-            if isinstance(value, str) and not value.isascii():
-                token = f"drdm-utf8-{index}-{key}"
-                restore[token.encode("ascii")] = value.encode("utf-8")
-                segment[key] = token
-    return restore
-
-
-def _patch_nrrd_header(path: Path, restore: dict[bytes, bytes]) -> None:
-    """Put UTF-8 segment texts back in a pynrrd-written header and drop its date comment (so the same
-    run writes the same bytes)."""
-    data = path.read_bytes()
-    head, sep, body = data.partition(b"\n\n")
-    lines = []
-    for line in head.split(b"\n"):
-        if line.startswith(b"# on "):
-            continue
-        key, colon, value = line.partition(b":=")
-        if colon and value in restore:
-            line = key + colon + restore[value]
-        lines.append(line)
-    path.write_bytes(b"\n".join(lines) + sep + body)
-
-
-def write_segmentation(labels: sitk.Image, source: Labels, path: str | os.PathLike) -> None:
-    """Write a ``.seg.nrrd`` with the source's segment names (UTF-8 kept), colours and terminology,
-    atomically."""
-    import slicerio
-
-    segmentation = dict(source.segmentation)
-    voxels = sitk.GetArrayFromImage(labels)
-    segmentation["voxels"] = np.ascontiguousarray(voxels.transpose(tuple(reversed(range(voxels.ndim)))))
-    segmentation["segments"] = [{k: v for k, v in s.items() if k != "extent"} for s in segmentation["segments"]]
-    restore = _ascii_placeholders(segmentation["segments"])
-    segmentation.pop("referenceImageExtentOffset", None)
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        slicerio.write_segmentation(str(tmp), segmentation, compression_level=SEGMENTATION_COMPRESSION)
-        _patch_nrrd_header(tmp, restore)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(data: dict, path: str | os.PathLike) -> None:
-    """Write JSON atomically (UTF-8)."""
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _nrrd_vector(values) -> str:
-    return "(" + ",".join(repr(float(v)) for v in values) + ")"
-
-
-def write_displacement_field(chunks: Iterable[np.ndarray], geometry: Geometry, path: str | os.PathLike,
-                             compression: int = FIELD_COMPRESSION_DEFAULT) -> None:
-    """Write an ITK displacement field given as consecutive row blocks ``(rows, *shape[1:], nd)`` of
-    array axis 0 (LPS mm, float32, array order) as a NRRD, streamed: the full-size field is never
-    held; atomic (a wrong block shape or row count raises ``ValueError`` and leaves no file).
-
-    ``compression``: gzip level 1…9, or 0 for raw (uncompressed) data. The gzip header holds no file
-    name and no time, so the same field gives the same bytes. The header is the one ITK/SimpleITK
-    writes for a vector image (``kinds: vector domain ...``), so ``sitk.ReadImage`` and Slicer read it
-    back as a displacement field on ``geometry``'s grid.
-    """
-    if not 0 <= compression <= 9:
-        raise ValueError(f"field compression must be 0 (none) to 9, got {compression}")
-    nd = geometry.ndims
-    direction = geometry.direction_matrix
-    axes = " ".join(_nrrd_vector(direction[:, i] * geometry.spacing[i]) for i in range(nd))
-    space = "space: left-posterior-superior" if nd == 3 else "space dimension: 2"
-    encoding = "gzip" if compression else "raw"
-    header = (f"NRRD0004\ntype: float\ndimension: {nd + 1}\n{space}\n"
-              f"sizes: {nd} {' '.join(str(s) for s in geometry.size)}\n"
-              f"space directions: none {axes}\nkinds: vector {' '.join(['domain'] * nd)}\n"
-              f"endian: little\nencoding: {encoding}\nspace origin: {_nrrd_vector(geometry.origin)}\n\n")
-    path = Path(path)
-    tmp = atomic_path(path)
-    rows = 0
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(header.encode("ascii"))
-            with (gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=compression, mtime=0)
-                  if compression else contextlib.nullcontext(handle)) as stream:
-                for chunk in chunks:
-                    if chunk.shape[1:] != (*geometry.shape[1:], nd):
-                        raise ValueError(f"field block shape {chunk.shape} does not match the grid "
-                                         f"{geometry.shape} x {nd}")
-                    rows += chunk.shape[0]
-                    stream.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
-        if rows != geometry.shape[0]:
-            raise ValueError(f"field blocks hold {rows} rows, the grid has {geometry.shape[0]}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .geometry import sample_rows, source_rows
+from .grid import sample_rows, source_rows
 
 CHUNK = 1 << 24
 INDICATOR_BUDGET = 1 << 24  # indicator/score elements held at once (channel chunks): 64 MiB of float32

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import torch
 
-from .augment import resolve_device
+from ..core.errors import DRDMError
+from ..io.read import inspect_image
+from ..io.write import write_json
+from ..warp.case import resolve_device
 from .cases import Case, Dataset
 from .dataset import STATE, Job, Layout, _Models, _record_path, process_case, write_manifest
-from .errors import DRDMError
-from .io import inspect_image, write_json
 from .runfolder import RunFolder, lock_folder, unlock_folder, unwritable
+
 
 def _finished(out: Path, cases: tuple[Case, ...]) -> set[str]:
     return {c.id for c in cases if _record_path(out, c.id).is_file()}
@@ -184,7 +186,7 @@ def _run_here(dataset: Dataset, todo: list[str], job: Job, out: Path, device: to
 
 def run(dataset: Dataset, job: Job, out: Path, overwrite: bool = False, progress_lines: bool = False) -> dict | None:
     """Run (or resume) a dataset job; returns the manifest (``None`` on ranks other than 0 under torchrun)."""
-    from .training import distributed
+    from . import distributed
 
     if job.samples < 1:
         raise DRDMError(f"--samples must be at least 1, got {job.samples}")

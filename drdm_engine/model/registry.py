@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL = MODELS_DIR / "drdm_default_3d.pt"
+"""The bundled default 3D model: used by ``--model default`` (and no ``--model``) when it exists."""
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import __version__
-from .augment import AugmentedCase
-from .checkpoint import LoadedModel, describe
-from .errors import DRDMError
-from .io import (FIELD_COMPRESSION_DEFAULT, Labels, stem_of, suffix_of, write_displacement_field, write_image,
-                 write_json, write_segmentation)
-from .preview import render_preview
+from .. import __version__
+from ..core.errors import DRDMError
+from ..io.formats import stem_of, suffix_of
+from ..io.preview import render_preview
+from ..io.read import Labels
+from ..io.write import FIELD_COMPRESSION_DEFAULT, write_displacement_field, write_image, write_json, write_segmentation
+from ..model.checkpoint import LoadedModel, describe
+from ..warp.case import AugmentedCase
 
 MANIFEST = "manifest.json"
 

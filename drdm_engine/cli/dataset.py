@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import DRDMError
+from ..core.errors import DRDMError
 
 
 def add_arguments(parser) -> None:
@@ -23,16 +23,16 @@ def add_arguments(parser) -> None:
 
 def wants_dataset(args) -> bool:
     """True when ``drdm augment`` runs in dataset mode."""
-    from .cases import is_dataset
+    from ..jobs.cases import is_dataset
 
     return args.image is not None and (args.pairs or is_dataset(args.image))
 
 
 def run_from_args(args) -> int:
     """``drdm augment`` in dataset mode."""
-    from .cases import find_cases, is_dataset
-    from .dataset import MANIFEST, Job, single_case
-    from .dataset_run import run
+    from ..jobs.cases import find_cases, is_dataset
+    from ..jobs.dataset import MANIFEST, Job, single_case
+    from ..jobs.dataset_run import run
 
     if is_dataset(args.image):
         if args.labels:

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint
-from ..errors import DRDMError
-from ..limits import require_int, require_seed, require_side
-from ..runfolder import Terminated, stop_signals_interrupt
-from .config import add_config_arguments, from_arguments
-from .data import find_volumes, load_volumes
-from .distributed import launched_by_torchrun, stop
-from .evaluation import buckets_for, recovery_error
-from .run_folder import check_run_folder, run_lock
-from .trainer import RUN_FILES, Trainer, resolve_device
+from ..core.errors import DRDMError
+from ..core.limits import require_int, require_seed, require_side
+from ..jobs.distributed import launched_by_torchrun, stop
+from ..jobs.runfolder import Terminated, stop_signals_interrupt
+from ..model.checkpoint import load_checkpoint
+from ..training.config import add_config_arguments, from_arguments
+from ..training.data import find_volumes, load_volumes
+from ..training.evaluation import buckets_for, recovery_error
+from ..training.output_folder import check_run_folder, run_lock
+from ..training.trainer import RUN_FILES, Trainer, resolve_device
 
 INTERRUPTED = 130
 

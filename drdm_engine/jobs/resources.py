@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import DRDMError
+from ..core.errors import DRDMError
 
 if TYPE_CHECKING:  # the training path checks memory without SimpleITK (io imports it)
-    from .io import ImageInfo
+    from ..io.read import ImageInfo
 
 GIB = 2 ** 30
 BASE_MEMORY = 800 * 2 ** 20  # the Python process with torch, SimpleITK and the slab scratch (calibrated)

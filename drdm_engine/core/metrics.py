@@ -7,7 +7,6 @@ from . import fields
 from .labels import CHUNK, label_values
 from .order import quantile
 
-
 FOLDING_ROWS = 16  # rows of array axis 0 per slab of the folding figures
 
 

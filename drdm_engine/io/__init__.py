@@ -1,0 +1,1 @@
+"""Medical image files: names and formats, reading with checks, atomic writing, PNG previews."""

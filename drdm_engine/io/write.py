@@ -1,0 +1,150 @@
+"""Writing images, segmentations, JSON and displacement fields atomically (a temporary sibling, then
+a rename): a failed or interrupted write leaves no partial file under the final name."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..core.grid import Geometry
+from .read import Labels
+
+FIELD_COMPRESSION_DEFAULT = 0  # measured: gzip level 1 saves 7 % of a field for about 5x the write time
+SEGMENTATION_COMPRESSION = 6  # gzip level of .seg.nrrd (zlib's default): measured on the bundled case, 7 ms
+# and 27.7 kB per file against slicerio's default 9: 78 ms and 26.2 kB
+
+
+def atomic_path(path: Path) -> Path:
+    """Temporary sibling of ``path`` that keeps its suffix (so writers pick the right format)."""
+    return path.with_name(f".tmp{os.getpid()}_{path.name}")
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write atomically: a temporary file in the same folder, then rename. A failed write raises
+    ``OSError``."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:  # ITK reports a full disk or an I/O error this way
+            raise OSError(errno.EIO, "SimpleITK could not write the file") from exc
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _ascii_placeholders(segments: list[dict]) -> dict[bytes, bytes]:
+    """Replace non-ASCII segment names/IDs (pynrrd writes ASCII only) by unique ASCII placeholders, in
+    place; returns placeholder -> UTF-8 text."""
+    restore: dict[bytes, bytes] = {}
+    for index, segment in enumerate(segments):
+        for key in ("name", "id"):
+            value = segment.get(key)
+            if isinstance(value, str) and not value.isascii():
+                token = f"drdm-utf8-{index}-{key}"
+                restore[token.encode("ascii")] = value.encode("utf-8")
+                segment[key] = token
+    return restore
+
+
+def _patch_nrrd_header(path: Path, restore: dict[bytes, bytes]) -> None:
+    """Put UTF-8 segment texts back in a pynrrd-written header and drop its date comment (so the same
+    run writes the same bytes)."""
+    data = path.read_bytes()
+    head, sep, body = data.partition(b"\n\n")
+    lines = []
+    for line in head.split(b"\n"):
+        if line.startswith(b"# on "):
+            continue
+        key, colon, value = line.partition(b":=")
+        if colon and value in restore:
+            line = key + colon + restore[value]
+        lines.append(line)
+    path.write_bytes(b"\n".join(lines) + sep + body)
+
+
+def write_segmentation(labels: sitk.Image, source: Labels, path: str | os.PathLike) -> None:
+    """Write a ``.seg.nrrd`` with the source's segment names (UTF-8 kept), colours and terminology,
+    atomically."""
+    import slicerio
+
+    segmentation = dict(source.segmentation)
+    voxels = sitk.GetArrayFromImage(labels)
+    segmentation["voxels"] = np.ascontiguousarray(voxels.transpose(tuple(reversed(range(voxels.ndim)))))
+    segmentation["segments"] = [{k: v for k, v in s.items() if k != "extent"} for s in segmentation["segments"]]
+    restore = _ascii_placeholders(segmentation["segments"])
+    segmentation.pop("referenceImageExtentOffset", None)
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=SEGMENTATION_COMPRESSION)
+        _patch_nrrd_header(tmp, restore)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(data: dict, path: str | os.PathLike) -> None:
+    """Write JSON atomically (UTF-8)."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _nrrd_vector(values) -> str:
+    return "(" + ",".join(repr(float(v)) for v in values) + ")"
+
+
+def write_displacement_field(chunks: Iterable[np.ndarray], geometry: Geometry, path: str | os.PathLike,
+                             compression: int = FIELD_COMPRESSION_DEFAULT) -> None:
+    """Write an ITK displacement field given as consecutive row blocks ``(rows, *shape[1:], nd)`` of
+    array axis 0 (LPS mm, float32, array order) as a NRRD, streamed: the full-size field is never
+    held; atomic (a wrong block shape or row count raises ``ValueError`` and leaves no file).
+
+    ``compression``: gzip level 1…9, or 0 for raw (uncompressed) data. The gzip header holds no file
+    name and no time, so the same field gives the same bytes. The header is the one ITK/SimpleITK
+    writes for a vector image (``kinds: vector domain ...``), so ``sitk.ReadImage`` and Slicer read it
+    back as a displacement field on ``geometry``'s grid.
+    """
+    if not 0 <= compression <= 9:
+        raise ValueError(f"field compression must be 0 (none) to 9, got {compression}")
+    nd = geometry.ndims
+    direction = geometry.direction_matrix
+    axes = " ".join(_nrrd_vector(direction[:, i] * geometry.spacing[i]) for i in range(nd))
+    space = "space: left-posterior-superior" if nd == 3 else "space dimension: 2"
+    encoding = "gzip" if compression else "raw"
+    header = (f"NRRD0004\ntype: float\ndimension: {nd + 1}\n{space}\n"
+              f"sizes: {nd} {' '.join(str(s) for s in geometry.size)}\n"
+              f"space directions: none {axes}\nkinds: vector {' '.join(['domain'] * nd)}\n"
+              f"endian: little\nencoding: {encoding}\nspace origin: {_nrrd_vector(geometry.origin)}\n\n")
+    path = Path(path)
+    tmp = atomic_path(path)
+    rows = 0
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(header.encode("ascii"))
+            with (gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=compression, mtime=0)
+                  if compression else contextlib.nullcontext(handle)) as stream:
+                for chunk in chunks:
+                    if chunk.shape[1:] != (*geometry.shape[1:], nd):
+                        raise ValueError(f"field block shape {chunk.shape} does not match the grid "
+                                         f"{geometry.shape} x {nd}")
+                    rows += chunk.shape[0]
+                    stream.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
+        if rows != geometry.shape[0]:
+            raise ValueError(f"field blocks hold {rows} rows, the grid has {geometry.shape[0]}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
