@@ -19,15 +19,17 @@ import torch
 from ..core.errors import DRDMError
 from ..core.limits import require_int, require_seed, require_side
 from ..jobs.distributed import launched_by_torchrun, stop
+from ..jobs.resources import check_evaluation_memory, check_training_memory
 from ..jobs.runfolder import Terminated, stop_signals_interrupt
 from ..model.checkpoint import load_checkpoint
-from ..training.config import add_config_arguments, from_arguments
-from ..training.data import find_volumes, load_volumes
+from ..training.config import TrainConfig, add_config_arguments, from_arguments
+from ..training.data import data_dimension, find_volumes, load_volumes, volumes_dimension
 from ..training.evaluation import buckets_for, recovery_error
 from ..training.output_folder import check_run_folder, run_lock
 from ..training.trainer import RUN_FILES, Trainer, resolve_device
 
 INTERRUPTED = 130
+EVALUATE_MISMATCH = "the volumes are {ndims}D; choose a {ndims}D model"
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,6 +63,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--buckets", type=int, default=4, help="number of t buckets (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="deformation seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:K]")
+    parser.add_argument("--force-large", action="store_true",
+                        help="evaluate on the CPU even when the estimated memory exceeds what is available")
     parser.add_argument("--json", action="store_true", help="print a JSON report")
     parser.set_defaults(func=run_evaluate)
     return parser
@@ -90,6 +94,14 @@ def _strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def check_training_fits(config: TrainConfig) -> None:
+    """The CPU memory guard of a training process (``LOCAL_WORLD_SIZE`` of them on this machine), from the
+    data's headers before any volume is loaded; skipped on a GPU and with ``force_large``."""
+    if resolve_device(config.device).type == "cpu" and not config.force_large:
+        check_training_memory(data_dimension(config.data), config.size, config.batch_size,
+                              int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Train (in this process, or relaunched under torchrun for ``--distributed``). Ctrl-C, SIGTERM and
     SIGHUP (schedulers, ``timeout``) save a resumable checkpoint; exit code 128 + the signal."""
@@ -100,6 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
         nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
         argv = _strip_nproc(getattr(args, "argv", sys.argv[2:]))
         return subprocess.call(_torchrun_command(argv, nproc))
+    check_training_fits(config)
     main_process = not launched_by_torchrun() or os.environ["RANK"] == "0"
     try:
         with stop_signals_interrupt(), run_lock(Path(config.out)) if main_process else nullcontext():
@@ -121,11 +134,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         require_side("--size", args.size)
     require_seed("--seed", args.seed)
     paths = find_volumes(args.data)
+    ndims = volumes_dimension(paths)
     device = resolve_device(args.device)
-    probe = load_checkpoint(args.model)
-    size = args.size or probe.meta.size
+    model = load_checkpoint(args.model, ndims=ndims, device=device, mismatch=EVALUATE_MISMATCH)
+    size = args.size or model.meta.size
+    if device.type == "cpu" and not args.force_large:
+        check_evaluation_memory(ndims, size, len(paths))
     volumes = load_volumes(paths, size)
-    model = load_checkpoint(args.model, ndims=volumes.ndims, device=device)
     buckets = buckets_for(model.meta.timesteps, args.buckets)
     report = recovery_error(model.net, volumes.volumes, model.meta.schedule, buckets, args.samples, args.seed)
     if args.json:

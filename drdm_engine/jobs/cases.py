@@ -3,6 +3,7 @@ nnU-Net raw dataset (``imagesTr/`` with ``_0000``… channel files, ``labelsTr/`
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from ..io.formats import IMAGE_SUFFIXES, stem_of, suffix_of
 
 LIST_SUFFIXES = (".txt", ".csv")
 DEFAULT_LABEL_PATTERNS = ("{case}.seg.nrrd",) + tuple("{case}" + s for s in IMAGE_SUFFIXES)
+JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+              bool: "true or false", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,15 @@ def is_dataset(path: str | Path) -> bool:
         return False
     if _is_nnunet(path):
         return True
-    return any(p.is_file() and suffix_of(p) in IMAGE_SUFFIXES for p in path.iterdir())
+    return any(p.is_file() and suffix_of(p) in IMAGE_SUFFIXES for p in _entries(path))
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; refuses a folder that cannot be listed with one line."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DRDMError(f"cannot read folder {folder}: {exc.strerror or exc}") from exc
 
 
 def _is_nnunet(path: Path) -> bool:
@@ -85,6 +96,8 @@ def _check(dataset: Dataset) -> Dataset:
         raise DRDMError(f"case IDs are not unique in {dataset.root}: {', '.join(duplicates[:5])}; rename the files")
     for case in dataset.cases:
         for file in case.channels + ((case.labels,) if case.labels else ()):
+            if Path(file).is_dir():
+                raise DRDMError(f"case {case.id}: {file} is a folder; name an image file")
             if not Path(file).is_file():
                 raise DRDMError(f"case {case.id}: file not found: {file}")
     return Dataset(dataset.root, dataset.kind, tuple(sorted(dataset.cases, key=lambda c: c.id)),
@@ -105,7 +118,7 @@ def _read_folder(folder: Path, labels_dir: str | None, labels_pattern: str | Non
     patterns = (labels_pattern,) if labels_pattern else DEFAULT_LABEL_PATTERNS
     regexes = [_pattern_regex(p) for p in patterns]
     same_folder = label_folder.resolve() == folder.resolve()
-    images = sorted(p for p in folder.iterdir() if p.is_file() and suffix_of(p) in IMAGE_SUFFIXES)
+    images = [p for p in _entries(folder) if p.is_file() and suffix_of(p) in IMAGE_SUFFIXES]
     if same_folder and labels_pattern:
         images = [p for p in images if not regexes[0].match(p.name)]
     cases = []
@@ -125,51 +138,109 @@ def _read_folder(folder: Path, labels_dir: str | None, labels_pattern: str | Non
 
 def _read_list(path: Path) -> list[Case]:
     """``.txt``: one case a line, ``image [labels]`` (space, tab or comma separated, ``#`` comments);
-    ``.csv``: a header with ``image`` and optionally ``labels`` and ``case``. Relative paths are taken
-    from the list file's folder."""
-    base = path.parent
+    ``.csv``: a header with ``image`` and optionally ``labels`` and ``case`` (a missing cell is empty).
+    UTF-8, with or without a byte-order mark. Relative paths are taken from the list file's folder."""
+    text = _list_text(path)
+    return _csv_cases(path, text) if path.suffix.lower() == ".csv" else _text_cases(path, text)
 
-    def resolve(name: str) -> str:
-        return str((base / name.strip()) if not Path(name.strip()).is_absolute() else Path(name.strip()))
 
+def _list_text(path: Path) -> str:
+    """The text of a list file (UTF-8; a byte-order mark, as Excel's "CSV UTF-8" writes, is dropped)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DRDMError(f"list {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                        f"(in Excel: \"CSV UTF-8\")") from exc
+    except OSError as exc:
+        raise DRDMError(f"cannot read list {path}: {exc.strerror or exc}") from exc
+
+
+def _list_entry(path: Path, line: int, name: str) -> str:
+    """The file a list names on ``line``, relative to the list's folder; refuses a list naming a list."""
+    entry = Path(name.strip())
+    entry = entry if entry.is_absolute() else path.parent / entry
+    if entry.suffix.lower() in LIST_SUFFIXES:
+        raise DRDMError(f"list {path}, line {line}: {name.strip()} is a list file; a list names image files")
+    return str(entry)
+
+
+def _list_case(path: Path, line: int, image: str, labels: str, case_id: str = "") -> Case:
+    """The case of one list line: its image, labels (may be empty) and ID (default: the image's stem)."""
+    if not image.strip():
+        raise DRDMError(f"list {path}, line {line}: the image is missing; give an image file on every line")
+    image = _list_entry(path, line, image)
+    labels_file = _list_entry(path, line, labels) if labels.strip() else None
+    return Case(case_id.strip() or stem_of(image), (image,), labels_file)
+
+
+def _csv_cases(path: Path, text: str) -> list[Case]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise DRDMError(f"list {path}, line {reader.line_num}: not valid CSV ({exc})") from exc
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    if rows and "image" not in header:
+        raise DRDMError(f"list {path} needs a header row with an 'image' column (and optionally 'labels', 'case')")
     cases = []
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and "image" not in rows[0]:
-            raise DRDMError(f"list {path} needs a header row with an 'image' column (and optionally 'labels', 'case')")
-        for row in rows:
-            image = resolve(row["image"])
-            labels = resolve(row["labels"]) if row.get("labels", "").strip() else None
-            cases.append(Case(row.get("case", "").strip() or stem_of(image), (image,), labels))
-        return cases
-    for line in path.read_text().splitlines():
-        fields_ = [f for f in re.split(r"[\s,]+", line.split("#", 1)[0].strip()) if f]
-        if not fields_:
-            continue
-        if len(fields_) > 2:
-            raise DRDMError(f"list {path}: line {line!r} has more than 'image labels'")
-        image = resolve(fields_[0])
-        cases.append(Case(stem_of(image), (image,), resolve(fields_[1]) if len(fields_) == 2 else None))
+    for line, row in enumerate(rows[1:], start=2):
+        cells = dict(zip(header, row))
+        if any(cell.strip() for cell in row):
+            cases.append(_list_case(path, line, cells.get("image", ""), cells.get("labels", ""),
+                                    cells.get("case", "")))
     return cases
 
 
-def _read_nnunet(root: Path) -> Dataset:
+def _text_cases(path: Path, text: str) -> list[Case]:
+    cases = []
+    for line, content in enumerate(text.splitlines(), start=1):
+        fields_ = [f for f in re.split(r"[\s,]+", content.split("#", 1)[0].strip()) if f]
+        if not fields_:
+            continue
+        if len(fields_) > 2:
+            raise DRDMError(f"list {path}: line {content!r} has more than 'image labels'")
+        cases.append(_list_case(path, line, fields_[0], fields_[1] if len(fields_) == 2 else ""))
+    return cases
+
+
+def _dataset_json(root: Path) -> dict:
+    """The object in an nnU-Net ``dataset.json``; refuses an unreadable file or other JSON with one line."""
+    path = root / "dataset.json"
     try:
-        meta = json.loads((root / "dataset.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise DRDMError(f"cannot read {root / 'dataset.json'}: {exc}") from exc
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DRDMError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DRDMError(f"cannot read {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except RecursionError as exc:
+        raise DRDMError(f"cannot read {path}: its JSON is nested too deeply for a dataset.json") from exc
+    except ValueError as exc:
+        raise DRDMError(f"cannot read {path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DRDMError(f"{path} holds {JSON_KINDS[type(meta)]}, not a JSON object; an nnU-Net v2 dataset.json "
+                        f"is an object with 'channel_names' and 'file_ending'")
+    return meta
+
+
+def _read_nnunet(root: Path) -> Dataset:
+    meta = _dataset_json(root)
     ending = meta.get("file_ending")
     channels = meta.get("channel_names") or meta.get("modality")
     if not ending or not channels:
         raise DRDMError(f"{root / 'dataset.json'} needs 'file_ending' and 'channel_names' (nnU-Net v2 raw dataset)")
+    if not isinstance(ending, str):
+        raise DRDMError(f"{root / 'dataset.json'}: file_ending is {JSON_KINDS[type(ending)]}, not text; "
+                        f"give the image suffix, e.g. \".nii.gz\"")
+    if not isinstance(channels, (dict, list)):
+        raise DRDMError(f"{root / 'dataset.json'}: channel_names is {JSON_KINDS[type(channels)]}; give an object "
+                        f"naming each channel, e.g. {{\"0\": \"CT\"}}")
     if "dataset" in meta:
         raise DRDMError(f"{root / 'dataset.json'} lists its files explicitly ('dataset' key); only the imagesTr/ "
                         f"naming scheme is supported")
     count = len(channels)
     regex = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending) + r"\Z")
     found: dict[str, dict[int, str]] = {}
-    for image in sorted((root / "imagesTr").iterdir()):
+    for image in _entries(root / "imagesTr"):
         match = regex.match(image.name)
         if match:
             found.setdefault(match["case"], {})[int(match["channel"])] = str(image)
@@ -183,3 +254,8 @@ def _read_nnunet(root: Path) -> Dataset:
             raise DRDMError(f"nnU-Net case {case_id} has no label file {labels}")
         cases.append(Case(case_id, tuple(files[c] for c in range(count)), str(labels)))
     return Dataset(str(root), "nnunet", tuple(cases), ending, meta)
+
+
+def single_case(image: str, labels: str | None) -> Dataset:
+    """One image (and labels) as a dataset of one case, named after the image file (or DICOM folder)."""
+    return Dataset(str(Path(image).parent), "files", (Case(stem_of(image), (str(image),), labels),))

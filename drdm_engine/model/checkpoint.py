@@ -34,6 +34,7 @@ MAX_TIMESTEPS = 100_000
 MAX_IN_CHANNELS = 1024
 MAX_REC_NUM = 16
 PADDINGS = ("border", "zeros")
+AUGMENT_MISMATCH = "the image is {ndims}D; choose a {ndims}D model or --model none"
 
 
 @dataclass
@@ -144,14 +145,23 @@ def save_checkpoint(path: str | os.PathLike, net: RecResACNet, meta: ModelMeta, 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as handle:  # our handle: I/O failures surface as OSError with the system's reason
+            torch.save(payload, handle)
         os.replace(tmp, path)
     except BaseException as exc:
         _discard(tmp)
-        if isinstance(exc, (OSError, RuntimeError)):  # torch.save reports I/O failures as RuntimeError
-            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:120]
-            raise DRDMError(f"cannot write {path}: {reason}; choose a writable place") from exc
+        if isinstance(exc, (OSError, RuntimeError)):  # torch.save reports its own failures as RuntimeError
+            raise DRDMError(f"cannot write {path}: {_plain_reason(exc)}; choose a writable place") from exc
         raise
+
+
+_TORCH_ASSERTION = re.compile(r"\[enforce fail at [^\]]*\]\s*\.?\s*")
+
+
+def _plain_reason(exc: OSError | RuntimeError) -> str:
+    """Why a write failed, in words: the system's reason, or torch's message without its C++ source location."""
+    reason = getattr(exc, "strerror", None) or _TORCH_ASSERTION.sub("", str(exc).splitlines()[0])
+    return reason[:120] or type(exc).__name__
 
 
 def _discard(path: Path) -> None:
@@ -229,11 +239,13 @@ def _build(meta: ModelMeta, state: dict, path) -> RecResACNet:
 
 
 def load_checkpoint(path: str | os.PathLike, ndims: int | None = None, device: str | torch.device = "cpu",
-                    with_training: bool = False) -> LoadedModel | tuple[LoadedModel, dict | None]:
+                    with_training: bool = False, mismatch: str = AUGMENT_MISMATCH
+                    ) -> LoadedModel | tuple[LoadedModel, dict | None]:
     """Load our checkpoint into an eval-mode network on ``device``.
 
     Refuses (``DRDMError``) a missing or corrupt file, a bare state dict (import it first), a
-    newer format, a dimension other than ``ndims`` (when given) and weights that do not fit.
+    newer format, a dimension other than ``ndims`` (when given; ``mismatch``, formatted with ``ndims``,
+    ends that refusal with what the caller's user can do) and weights that do not fit.
     """
     payload = _read(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -253,8 +265,7 @@ def load_checkpoint(path: str | os.PathLike, ndims: int | None = None, device: s
     except DRDMError as exc:
         raise DRDMError(f"{path}: corrupt checkpoint metadata: {exc}") from exc
     if ndims is not None and meta.ndims != ndims:
-        raise DRDMError(f"model {path} is {meta.ndims}D but the image is {ndims}D; choose a {ndims}D model "
-                        f"or --model none")
+        raise DRDMError(f"model {path} is {meta.ndims}D but {mismatch.format(ndims=ndims)}")
     net = _build(meta, _check_state(payload["state_dict"], path), path)
     training = payload.get("training")
     if with_training and training is not None and not isinstance(training, dict):

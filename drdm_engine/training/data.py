@@ -35,10 +35,14 @@ def _is_image(path: Path) -> bool:
     return suffix_of(path) in IMAGE_SUFFIXES
 
 
-def _from_list_file(path: Path) -> list[Path]:
-    """Paths listed one a line (``#`` comments, blank lines ignored), relative to the list file."""
+def _from_list_file(path: Path, open_lists: tuple[Path, ...]) -> list[Path]:
+    """Paths listed one a line (``#`` comments, blank lines ignored), relative to the list file;
+    ``open_lists``: the list files being read that led here (a list naming one of them is refused)."""
+    if path.resolve() in open_lists:
+        chain = " -> ".join(p.name for p in (*open_lists, path.resolve()))
+        raise DRDMError(f"list file {path} names itself ({chain}); remove that line")
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DRDMError(f"cannot read {path}: neither a {FORMATS} image nor a text list of images") from exc
     found = []
@@ -47,13 +51,12 @@ def _from_list_file(path: Path) -> list[Path]:
         if not line or line.startswith("#"):
             continue
         entry = Path(line) if Path(line).is_absolute() else path.parent / line
-        found.extend(find_volumes([str(entry)]))
+        found.extend(_volumes_in([str(entry)], (*open_lists, path.resolve())))
     return found
 
 
-def find_volumes(sources: Sequence[str]) -> list[Path]:
-    """Image files named by ``sources`` (folders searched recursively, image files, list files), sorted
-    per source, duplicates removed. Segmentations (``.seg.nrrd``) in folders are skipped."""
+def _volumes_in(sources: Sequence[str], open_lists: tuple[Path, ...]) -> list[Path]:
+    """:func:`find_volumes` inside the list files ``open_lists``."""
     found: list[Path] = []
     for source in sources:
         path = Path(source)
@@ -63,13 +66,41 @@ def find_volumes(sources: Sequence[str]) -> list[Path]:
                 raise DRDMError(f"no {FORMATS} volumes found in folder {path}")
             found.extend(images)
         elif path.is_file():
-            found.extend([path] if _is_image(path) else _from_list_file(path))
+            found.extend([path] if _is_image(path) else _from_list_file(path, open_lists))
         else:
             raise DRDMError(f"data not found: {path}")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
         raise DRDMError(f"no {FORMATS} volumes found in {', '.join(map(str, sources))}")
     return unique
+
+
+def find_volumes(sources: Sequence[str]) -> list[Path]:
+    """Image files named by ``sources`` (folders searched recursively, image files, list files), sorted
+    per source, duplicates removed. Segmentations (``.seg.nrrd``) in folders are skipped."""
+    return _volumes_in(sources, ())
+
+
+def volumes_dimension(paths: Sequence[Path]) -> int:
+    """The dimension (2 or 3) shared by the image files ``paths``, read from their headers before any
+    voxel is; refuses a mix of 2D and 3D (a one-slice 3D volume counts as 2D, as it is deformed)."""
+    from ..io.read import inspect_image
+
+    dims: dict[int, Path] = {}
+    for path in paths:
+        dims.setdefault(inspect_image(path).ndims, path)
+    if len(dims) > 1:
+        examples = ", ".join(f"{nd}D: {p}" for nd, p in sorted(dims.items()))
+        raise DRDMError(f"the data mixes 2D and 3D images ({examples}); give volumes of one dimension at a time")
+    return next(iter(dims))
+
+
+def data_dimension(sources: Sequence[str]) -> int:
+    """The dimension (2 or 3) of the volumes ``sources`` name (as ``TrainConfig.data``: a volume cache
+    file alone, or folders, files and list files), before any volume is loaded."""
+    if len(sources) == 1 and is_cache(sources[0]):
+        return read_cache(sources[0])["volumes"].dim() - 2
+    return volumes_dimension(find_volumes(sources))
 
 
 def load_working_volume(path: Path, size: int) -> torch.Tensor:
@@ -102,15 +133,8 @@ class VolumeSet:
 
 def load_volumes(paths: Sequence[Path], size: int) -> VolumeSet:
     """Read, normalise and resample every file once; all must have the same dimension (2D or 3D)."""
-    tensors, dims = [], {}
-    for path in paths:
-        volume = load_working_volume(path, size)
-        dims.setdefault(volume.dim() - 1, path)
-        tensors.append(volume)
-    if len(dims) > 1:
-        examples = ", ".join(f"{nd}D: {p}" for nd, p in sorted(dims.items()))
-        raise DRDMError(f"training data mixes 2D and 3D images ({examples}); train one dimension at a time")
-    return VolumeSet(torch.stack(tensors), list(paths))
+    volumes_dimension(paths)
+    return VolumeSet(torch.stack([load_working_volume(path, size) for path in paths]), list(paths))
 
 
 def split_sources(data: Sequence[str], validation: Sequence[str], holdout: int) -> tuple[list[Path], list[Path]]:
@@ -150,7 +174,8 @@ def save_cache(path: str | Path, volumes: torch.Tensor, names: Sequence[str], su
 
 
 def read_cache(path: str | Path) -> dict:
-    """The cache file's payload (``weights_only`` load); refuses other files with one line."""
+    """The cache file's payload (``weights_only`` load), its shapes and lengths checked; refuses other
+    files and damaged caches with one line."""
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign files
@@ -158,7 +183,28 @@ def read_cache(path: str | Path) -> dict:
                         f"build one with scripts/build_volume_cache.py") from exc
     if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
         raise DRDMError(f"{path} is not a volume cache file; build one with scripts/build_volume_cache.py")
+    problem = _cache_problem(payload)
+    if problem:
+        raise DRDMError(f"{path} is a damaged volume cache file ({problem}); rebuild it with "
+                        f"scripts/build_volume_cache.py")
     return payload
+
+
+def _cache_problem(payload: dict) -> str | None:
+    """What makes a cache payload unusable (``None`` when nothing): volumes ``(V, 1, N^nd)`` uint8 with
+    ``nd`` 2 or 3, and one name, subject and held-out flag per volume."""
+    volumes = payload.get("volumes")
+    if not isinstance(volumes, torch.Tensor) or volumes.dtype != torch.uint8 or volumes.dim() not in (4, 5):
+        return "its volumes are not a (V, 1, N, N[, N]) uint8 tensor"
+    if volumes.shape[1] != 1 or len(set(volumes.shape[2:])) != 1 or volumes.shape[-1] < 1:
+        return f"its volumes have the shape {tuple(volumes.shape)}, not (V, 1, N, N[, N])"
+    for key, kind in (("names", str), ("subjects", str), ("held_out", bool)):
+        values = payload.get(key)
+        if not isinstance(values, list) or not all(isinstance(v, kind) for v in values):
+            return f"its {key} are not a list of {kind.__name__} values"
+        if len(values) != len(volumes):
+            return f"it lists {len(values)} {key} for {len(volumes)} volumes"
+    return None
 
 
 def load_cache(path: str | Path, size: int) -> tuple[VolumeSet, VolumeSet]:

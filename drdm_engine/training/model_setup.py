@@ -14,20 +14,25 @@ from .config import TrainConfig
 
 OUTPUT_INIT_STD = 1e-5
 FRESH_AMPLITUDE = 2.0
+ARCHITECTURE = ("timesteps", "in_channels", "rec_num")
+"""ModelMeta fields that describe the network's shape: a fine-tuned or resumed model keeps its source's."""
+TRAIN_MISMATCH = "the image is {ndims}D; start from a {ndims}D model"
 
 
 def meta_for(config: TrainConfig, ndims: int, trained_on: str, source: ModelMeta | None = None) -> ModelMeta:
     """Metadata of the model this run trains (the schedule it is trained with, working side N).
 
-    The amplitude is ``config.amplitude`` when set, else the source model's (fine-tune, resume; a
-    published import keeps the published N / S), else 2 for a fresh model (spec section 2.5).
+    The architecture (timesteps, input channels, recurrences) is the source model's (fine-tune, resume),
+    else a fresh :class:`RecResACNet`'s. The amplitude is ``config.amplitude`` when set, else the source
+    model's (a published import keeps the published N / S), else 2 for a fresh model (spec section 2.5).
     """
     amplitude = config.amplitude
     if amplitude is None:
         amplitude = source.amplitude if source is not None else FRESH_AMPLITUDE
+    architecture = {name: getattr(source, name) for name in ARCHITECTURE} if source is not None else {}
     return ModelMeta(ndims=ndims, size=config.size, v_scale=config.v_scale, control_size=config.control_size,
-                     noise_ratio=config.noise_ratio, amplitude=amplitude,
-                     compose_padding=config.compose_padding, trained_on=trained_on).validate()
+                     noise_ratio=config.noise_ratio, amplitude=amplitude, compose_padding=config.compose_padding,
+                     trained_on=trained_on, **architecture).validate()
 
 
 def quiet_output(net: RecResACNet, std: float = OUTPUT_INIT_STD) -> RecResACNet:
@@ -53,7 +58,8 @@ def starting_network(config: TrainConfig, ndims: int) -> tuple[RecResACNet, dict
     resume file without training state.
     """
     if config.resume:
-        loaded, training = checkpoint.load_checkpoint(config.resume, ndims=ndims, with_training=True)
+        loaded, training = checkpoint.load_checkpoint(config.resume, ndims=ndims, with_training=True,
+                                                      mismatch=TRAIN_MISMATCH)
         if training is None:
             raise DRDMError(f"{config.resume} holds no training state; use --fine-tune to start from its weights")
         require_int(f"{config.resume}: training step", training.get("step"), 0)
@@ -61,7 +67,7 @@ def starting_network(config: TrainConfig, ndims: int) -> tuple[RecResACNet, dict
     if config.fine_tune:
         source = Path(config.fine_tune)
         if _is_our_checkpoint(source):
-            loaded = checkpoint.load_checkpoint(source, ndims=ndims)
+            loaded = checkpoint.load_checkpoint(source, ndims=ndims, mismatch=TRAIN_MISMATCH)
             net, meta = loaded.net, loaded.meta
         else:
             net, meta = checkpoint.import_published(source, size=config.size)

@@ -54,11 +54,14 @@ class RandDRDMd(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
+        present = set(self.key_iterator(d))  # MONAI's KeyError for a missing key unless allow_missing_keys
+        if not present:
+            return d
         self.randomize()
         if not self._do_transform:
             return d
-        images = [k for k in self.image_keys if k in d]
-        labels = [k for k in self.label_keys if k in d]
+        images = [k for k in self.image_keys if k in present]
+        labels = [k for k in self.label_keys if k in present]
         first = d[images[0] if images else labels[0]]
         arrays = {k: np.asarray(d[k].detach().cpu() if isinstance(d[k], torch.Tensor) else d[k]) for k in images + labels}
         ndims = arrays[images[0] if images else labels[0]].ndim - 1
