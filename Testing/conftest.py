@@ -16,6 +16,11 @@ for folder in (ROOT, ROOT / "DRDMSlicer", ROOT / "Testing"):
 REFERENCE = ROOT.parent / "shared" / "reference"
 
 
+def samples_of(manifest: dict) -> list[dict]:
+    """The samples of a single-image run's manifest (its one case), ``image`` naming the first channel."""
+    return [{**s, "image": s["images"][0]} for s in manifest["cases"][0]["samples"]]
+
+
 @pytest.fixture()
 def one_thread():
     """Small grids: one intra-op thread avoids thread hand-off stalls on a shared CPU."""

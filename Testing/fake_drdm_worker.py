@@ -85,13 +85,14 @@ def main() -> None:
             written.pop("referenceImageExtentOffset", None)
             labels = f"sample_{k}_labels.seg.nrrd"
             slicerio.write_segmentation(str(out / labels), written)
-        samples.append({"index": k, "image": f"sample_{k}.nrrd", "labels": labels,
+        samples.append({"index": k, "id": f"sample_{k}", "images": [f"sample_{k}.nrrd"], "labels": labels,
                         "field": f"sample_{k}_field.nrrd", "preview": None,
                         "metrics": {"folding_fraction": 0.0, "displacement_mean_mm": 1.0,
                                     "displacement_p99_mm": 2.5, "dice": {}, "volume_change": {}}})
     print(f"drdm: fake worker wrote {args.samples} samples", file=sys.stderr, flush=True)
-    (out / "manifest.json").write_text(json.dumps({"mode": "diffusion-only", "samples": samples,
-                                                   "settings": {"device": "cpu"}}))
+    (out / "manifest.json").write_text(json.dumps({"schema": "drdm-manifest", "schema_version": 2,
+                                                   "mode": "diffusion-only", "settings": {"device": "cpu"},
+                                                   "cases": [{"id": "input", "samples": samples}]}))
     print("drdm-progress 1.0 done", flush=True)
 
 

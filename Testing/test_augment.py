@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import phantom
+from conftest import phantom, samples_of
 
 from drdm_engine.cli import main
 from drdm_engine.core.errors import DRDMError
@@ -36,8 +36,8 @@ def augmented(tmp_path, phantom_files):
 def test_outputs_keep_the_input_geometry_and_types(augmented):
     (image_path, labels_path), out, manifest = augmented
     source = sitk.ReadImage(str(image_path))
-    assert manifest["mode"] == "diffusion-only" and len(manifest["samples"]) == 2
-    for entry in manifest["samples"]:
+    assert manifest["mode"] == "diffusion-only" and len(samples_of(manifest)) == 2
+    for entry in samples_of(manifest):
         for key in ("image", "labels", "field"):
             written = sitk.ReadImage(str(out / entry[key]))
             assert Geometry.of(written).matches(Geometry.of(source), tol=1e-6), key
@@ -50,7 +50,7 @@ def test_exported_field_reproduces_output_with_simpleitk(augmented):
     """The field file, used by SimpleITK's DisplacementFieldTransform to resample the input, gives our output."""
     (image_path, _), out, manifest = augmented
     source = sitk.Cast(sitk.ReadImage(str(image_path)), sitk.sitkFloat32)
-    entry = manifest["samples"][0]
+    entry = samples_of(manifest)[0]
     field = sitk.Cast(sitk.ReadImage(str(out / entry["field"])), sitk.sitkVectorFloat64)
     u = sitk.GetArrayFromImage(field)
     assert np.linalg.norm(u, axis=-1).mean() > 1.0  # mm: a real deformation, not the identity
@@ -72,7 +72,7 @@ def test_exported_field_reproduces_output_with_simpleitk(augmented):
 def test_labels_are_never_new_values_and_every_segment_survives(augmented):
     (_, labels_path), out, manifest = augmented
     before = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_path)))
-    for entry in manifest["samples"]:
+    for entry in samples_of(manifest):
         after = sitk.GetArrayFromImage(sitk.ReadImage(str(out / entry["labels"])))
         assert set(np.unique(after)) == set(np.unique(before))
         assert after.dtype == before.dtype
@@ -116,7 +116,7 @@ def test_same_seed_same_samples_bitwise(tmp_path, phantom_files):
     _, first = run(tmp_path, *phantom_files, out="a")
     _, second = run(tmp_path, *phantom_files, out="b")
     _, third = run(tmp_path, *phantom_files, "--seed", "4", out="c")
-    name = json.loads((first / "manifest.json").read_text())["samples"][1]["field"]
+    name = samples_of(json.loads((first / "manifest.json").read_text()))[1]["field"]
     a, b, c = (sitk.GetArrayFromImage(sitk.ReadImage(str(d / name))) for d in (first, second, third))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
@@ -164,10 +164,10 @@ def test_a_cubic_input_of_the_working_size_takes_its_field_without_resampling(mo
 def test_diffusion_only_sampling_never_reads_the_image(monkeypatch, phantom_files):
     """Without a model the random field needs the working grid's size only: the image is not
     normalised or resampled onto the working grid."""
-    import drdm_engine.warp.case as augment
-    monkeypatch.setattr(augment, "to_working", lambda *a, **k: pytest.fail("image resampled for diffusion only"))
+    import drdm_engine.warp.working as working
+    monkeypatch.setattr(working, "to_working", lambda *a, **k: pytest.fail("image resampled for diffusion only"))
     image = read_image(phantom_files[0], pixel_type=None)
-    composed, _ = augment.sample_working(image, None, 2, 30, 1, size=16)
+    composed, _ = working.sample_working(image, None, 2, 30, 1, size=16)
     assert composed.shape == (2, 3, 16, 16, 16) and bool(composed.abs().max() > 0)
 
 
@@ -186,7 +186,7 @@ def test_2d_augment_with_the_imported_published_model(tmp_path, reference, capsy
     assert manifest["settings"]["network_precision"] == expected
     assert "recovery step 4/4" in capsys.readouterr().err  # from depth 3: steps 3, 2, 1, 0
     source = sitk.ReadImage(str(slice_path))
-    for entry in manifest["samples"]:
+    for entry in samples_of(manifest):
         out = sitk.ReadImage(str(tmp_path / "o" / entry["image"]))
         assert out.GetDimension() == 2 and Geometry.of(out).matches(Geometry.of(source))
         assert sitk.ReadImage(str(tmp_path / "o" / entry["field"])).GetNumberOfComponentsPerPixel() == 2
@@ -207,16 +207,16 @@ def test_field_writer_streams_row_blocks_and_refuses_wrong_ones(tmp_path):
 
 
 def test_a_non_finite_field_is_refused_before_anything_is_warped(monkeypatch):
-    import drdm_engine.warp.case as augment
+    import drdm_engine.warp.working as working
 
-    real = augment.sample_fields
+    real = working.sample_fields
 
     def broken(*args, **kwargs):
         samples = real(*args, **kwargs)
         samples.composed[0, 0, 0, 0, 0] = float("nan")
         return samples
 
-    monkeypatch.setattr(augment, "sample_fields", broken)
+    monkeypatch.setattr(working, "sample_fields", broken)
     image, _ = phantom()
     with pytest.raises(DRDMError, match="not finite.*--precision fp32"):
         generate(image, None, None, 1, 10, 1, size=32)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import phantom, rotation
+from conftest import phantom, rotation, samples_of
 
 from drdm_engine.cli import main
 from drdm_engine.core.grid import Geometry
@@ -55,7 +55,7 @@ def test_any_integer_label_value_is_kept_exactly(tmp_path, capsys, big, dtype):
     image_path, labels_path = with_labels(tmp_path, array)
     code, errors = augment(capsys, image_path, "--labels", labels_path, "--out", tmp_path / "o", "--samples", "2", *FAST)
     assert code == 0, errors
-    for entry in manifest(tmp_path / "o")["samples"]:
+    for entry in samples_of(manifest(tmp_path / "o")):
         after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / entry["labels"])))
         assert set(np.unique(after).tolist()) == {0, 5, big}
         assert np.iinfo(after.dtype).max >= big
@@ -68,7 +68,7 @@ def test_negative_label_values_are_kept(tmp_path, capsys):
     image_path, labels_path = with_labels(tmp_path, array)
     code, errors = augment(capsys, image_path, "--labels", labels_path, "--out", tmp_path / "o", "--samples", "1", *FAST)
     assert code == 0, errors
-    after = sitk.ReadImage(str(tmp_path / "o" / manifest(tmp_path / "o")["samples"][0]["labels"]))
+    after = sitk.ReadImage(str(tmp_path / "o" / samples_of(manifest(tmp_path / "o"))[0]["labels"]))
     assert after.GetPixelID() == sitk.sitkInt16 and set(np.unique(sitk.GetArrayFromImage(after))) == {-1, 0, 300}
 
 
@@ -79,7 +79,7 @@ def test_a_one_slice_volume_stays_3d_with_its_geometry(tmp_path, capsys):
     code, errors = augment(capsys, ip, "--labels", lp, "--out", tmp_path / "o", "--samples", "1", "--model", "none",
                            "--size", "32", "--depth", "60")
     assert code == 0, errors
-    entry = manifest(tmp_path / "o")["samples"][0]
+    entry = samples_of(manifest(tmp_path / "o"))[0]
     for key in ("image", "labels", "field"):
         written = sitk.ReadImage(str(tmp_path / "o" / entry[key]))
         assert written.GetDimension() == 3, key
@@ -132,7 +132,7 @@ def test_utf8_segment_names_and_a_segment_without_colour_are_kept(tmp_path, caps
     assert names == {"body", "tiny 心臓", "Ödem"}
     code, errors = augment(capsys, ip, "--labels", path, "--out", tmp_path / "o", "--samples", "1", *FAST)
     assert code == 0, errors
-    entry = manifest(tmp_path / "o")["samples"][0]
+    entry = samples_of(manifest(tmp_path / "o"))[0]
     written = read_labels(tmp_path / "o" / entry["labels"], sitk.ReadImage(str(ip)))
     assert [s["name"] for s in written.segmentation["segments"]] == ["body", "tiny 心臓", "Ödem"]
     assert "tiny 心臓" in entry["metrics"]["dice"]
@@ -201,7 +201,7 @@ def test_same_seed_same_bytes_without_names_or_times(tmp_path, capsys):
 def test_a_large_2d_image_gets_a_bounded_preview(tmp_path, capsys, monkeypatch):
     """A 2D image warped in several slabs (as a 2500 x 3000 X-ray is, at 2^22 pixels per slab; here the
     slab and the preview side are scaled down with the image) and previewed subsampled."""
-    from drdm_engine.warp import case as engine
+    from drdm_engine.warp import slabs as engine
 
     monkeypatch.setattr(engine, "SLAB_VOXELS", 1 << 15)
     monkeypatch.setattr(engine, "PREVIEW_SIDE", 128)
@@ -214,7 +214,7 @@ def test_a_large_2d_image_gets_a_bounded_preview(tmp_path, capsys, monkeypatch):
     assert code == 0, errors
     from PIL import Image
 
-    preview = Image.open(tmp_path / "o" / manifest(tmp_path / "o")["samples"][0]["preview"])
+    preview = Image.open(tmp_path / "o" / samples_of(manifest(tmp_path / "o"))[0]["preview"])
     assert max(preview.size) <= 2 * 128 * 3 + 100  # two panels of at most 128 pixels, upscaled for display
 
 
@@ -280,7 +280,7 @@ def test_folders_are_read_as_dicom_series_or_refused_plainly(tmp_path, capsys, p
     write_dicom_series(image, tmp_path / "series")
     code, errors = augment(capsys, tmp_path / "series", "--out", tmp_path / "o", "--samples", "1", *FAST)
     assert code == 0, errors
-    written = sitk.ReadImage(str(tmp_path / "o" / manifest(tmp_path / "o")["samples"][0]["image"]))
+    written = sitk.ReadImage(str(tmp_path / "o" / samples_of(manifest(tmp_path / "o"))[0]["image"]))
     assert Geometry.of(written).matches(Geometry.of(image), tol=1e-4)
     write_dicom_series(image, tmp_path / "series", series=3)
     refused(capsys, "holds 2 DICOM series", tmp_path / "series", "--out", tmp_path / "o2", *FAST)

@@ -11,8 +11,9 @@ from dataset_fixtures import build_nnunet, chest_case, tree
 
 from drdm_engine.cli import main
 from drdm_engine.core.grid import Geometry
-from drdm_engine.jobs.dataset import MANIFEST, case_seed
+from drdm_engine.jobs.layout import DatasetLayout, case_seed
 
+MANIFEST = DatasetLayout.manifest
 ARGS = ["--samples", "2", "--model", "none", "--size", "32", "--seed", "5", "--progress-lines"]
 
 
@@ -88,14 +89,15 @@ def test_an_interrupted_run_resumes_and_gives_the_same_files(nnunet, tmp_path, c
     # interrupted while case chest1 was being moved into place: its record missing, one file gone, staging left
     (copy / ".drdm_state/cases/chest1.json").unlink()
     (copy / "labelsTr/chest1_drdm001.nii.gz").unlink()
-    (copy / ".drdm_state/staging/chest1/imagesTr").mkdir(parents=True)
-    (copy / ".drdm_state/staging/chest1/imagesTr/chest1_drdm000_0000.nii.gz").write_bytes(b"half")
+    staged = copy / ".drdm-staging-99999-killed/chest1/imagesTr"  # a killed run's staging folder
+    staged.mkdir(parents=True)
+    (staged / "chest1_drdm000_0000.nii.gz").write_bytes(b"half")
     kept = (copy / "imagesTr/chest0_drdm000_0000.nii.gz").stat().st_mtime_ns
     assert augment(data, "--out", copy, "--copy-originals") == 0
     assert "2 of 3 cases already done" in capsys.readouterr().err
     assert (copy / "imagesTr/chest0_drdm000_0000.nii.gz").stat().st_mtime_ns == kept  # finished cases skipped
     assert {k: v for k, v in tree(copy).items() if k != MANIFEST} == {k: v for k, v in before.items() if k != MANIFEST}
-    assert not any((copy / ".drdm_state/staging").rglob("*"))
+    assert not list(copy.glob(".drdm-staging-*"))
     code = augment(data, "--out", copy, "--depth", "40")
     assert code == 2 and "holds another dataset run" in capsys.readouterr().err
 
@@ -181,7 +183,7 @@ def test_ctrl_c_keeps_finished_cases_and_a_rerun_completes_them(nnunet, tmp_path
     if process.returncode == 130:  # (on a fast machine the run may finish before the signal lands)
         assert "rerun the same command to resume" in err
         assert not (target / MANIFEST).exists()
-    assert not any((target / ".drdm_state/staging").rglob("*"))
+    assert not list(target.glob(".drdm-staging-*"))
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     assert {k: v for k, v in tree(target).items() if k != MANIFEST} == {k: v for k, v in tree(out).items() if k != MANIFEST}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ROOT, phantom
+from conftest import ROOT, phantom, samples_of
 
 from drdm_engine.cli import main
 
@@ -102,7 +102,7 @@ def test_a_folder_in_use_is_refused_and_a_stopped_overwrite_leaves_the_previous_
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     finished = snapshot(out)
-    assert len(json.loads(finished["manifest.json"])["samples"]) == 6
+    assert len(samples_of(json.loads(finished["manifest.json"]))) == 6
 
     again = start(case[0], "--out", out, "--overwrite", "--seed", "9", *RUN)
     pause_at(again, "sample 3/6 done")
@@ -158,7 +158,7 @@ def test_a_killed_run_leaves_no_visible_file_and_does_not_block_the_next(tmp_pat
     stop_and_finish(run, signal.SIGKILL)
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
     assert main(["augment", str(case[0]), "--out", str(out), "--samples", "1", "--model", "none", "--size", "32"]) == 0
-    assert len(json.loads((out / "manifest.json").read_text())["samples"]) == 1
+    assert len(samples_of(json.loads((out / "manifest.json").read_text()))) == 1
 
 
 def test_two_runs_started_together_into_a_new_folder_one_wins(tmp_path, case, start):
@@ -169,7 +169,7 @@ def test_two_runs_started_together_into_a_new_folder_one_wins(tmp_path, case, st
     refusal = next(err for code, err in results if code == 2)
     errors = [line for line in refusal.splitlines() if line.startswith("drdm: error:")]
     assert len(errors) == 1 and ("in use by another drdm run" in errors[0] or "already exists" in errors[0])
-    assert len(json.loads((out / "manifest.json").read_text())["samples"]) == 6
+    assert len(samples_of(json.loads((out / "manifest.json").read_text()))) == 6
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
@@ -185,6 +185,6 @@ def test_overwrite_with_fewer_samples_names_the_earlier_files_it_leaves(tmp_path
     stem = case[0].name.split(".")[0]
     leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith(f"{stem}_drdm_00") and "_000" not in p.name)
     assert leftovers and len(note) == 1 and f"{len(leftovers)} files of an earlier run" in note[0]
-    assert len(json.loads((out / "manifest.json").read_text())["samples"]) == 1
+    assert len(samples_of(json.loads((out / "manifest.json").read_text()))) == 1
     assert main(["augment", str(case[0]), "--out", str(out), "--samples", "3", "--overwrite", *small]) == 0
     assert "note:" not in capsys.readouterr().err

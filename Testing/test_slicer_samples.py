@@ -105,7 +105,8 @@ def test_a_file_off_the_input_grid_is_refused_from_its_header_and_leaves_no_node
     field.SetOrigin([o + 1.0 for o in image.GetOrigin()])
     sitk.WriteImage(image, str(tmp_path / "image.nrrd"))
     sitk.WriteImage(field, str(tmp_path / "field.nrrd"))
-    (tmp_path / "manifest.json").write_text(json.dumps({"samples": [{"image": "image.nrrd", "field": "field.nrrd"}]}))
+    samples = [{"images": ["image.nrrd"], "field": "field.nrrd"}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "drdm-manifest", "cases": [{"samples": samples}]}))
     before = scene.GetNumberOfNodes()
     with pytest.raises(ValueError, match="displacement field field.nrrd does not lie on the input volume's grid"):
         loadResults(tmp_path / "manifest.json", volume)

@@ -9,7 +9,6 @@ from dataset_fixtures import chest_case
 
 from drdm_engine.io.write import write_displacement_field
 from drdm_engine.warp.arrays import deformer
-from drdm_engine.warp.case import InputField
 
 SETTINGS = {"size": 32, "depth": (40, 60)}
 
@@ -31,7 +30,7 @@ def resampled_by_simpleitk(array: np.ndarray, spacing, field, tmp_path) -> np.nd
     image = sitk.GetImageFromArray(array.astype(np.float32))
     image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
     path = tmp_path / "field.nrrd"
-    write_displacement_field(InputField(field.working, field.grid, 8).lps_mm(), field.grid.input, path)
+    write_displacement_field(field.lps_mm(), field.grid.input, path)
     transform = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkVectorFloat64))
     return sitk.GetArrayFromImage(sitk.Resample(image, image, transform, sitk.sitkLinear, np.nan))
 
@@ -139,7 +138,7 @@ def test_inverse_field_inverts_in_simpleitk(tmp_path):
     transforms = []
     for name, field in (("forward", forward), ("inverse", engine.inverse(forward))):
         path = tmp_path / f"{name}.nrrd"
-        write_displacement_field(InputField(field.working, field.grid, 8).lps_mm(), field.grid.input, path)
+        write_displacement_field(field.lps_mm(), field.grid.input, path)
         transforms.append(sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkVectorFloat64)))
     grid = sitk.GetImageFromArray(array)
     grid.SetSpacing(tuple(reversed(spacing)))

@@ -62,15 +62,27 @@ def presentResults(results: list[SampleResult], scene) -> list[SampleResult]:
     return kept
 
 
+MANIFEST_SCHEMA = "drdm-manifest"
+
+
 def readManifest(manifestPath: Path) -> dict:
-    """The engine's manifest, checked for a list of samples."""
+    """The engine's manifest (schema ``drdm-manifest``), checked for one case with a list of samples."""
     try:
         manifest = json.loads(Path(manifestPath).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read the engine's manifest {manifestPath}: {exc}") from exc
-    if not isinstance(manifest.get("samples"), list) or not manifest["samples"]:
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        raise ValueError(f"{manifestPath} is not a DRDM engine manifest; update the DRDM engine and the module together")
+    cases = manifest.get("cases")
+    if not isinstance(cases, list) or len(cases) != 1 or not isinstance(cases[0].get("samples"), list) \
+            or not cases[0]["samples"]:
         raise ValueError(f"the engine's manifest {manifestPath} lists no samples")
     return manifest
+
+
+def manifestSamples(manifest: dict) -> list[dict]:
+    """The samples of the one case of a manifest read by :func:`readManifest`."""
+    return manifest["cases"][0]["samples"]
 
 
 def _checkGrid(path: Path, inputVolumeNode, what: str) -> None:
@@ -126,7 +138,7 @@ def loadSample(scene, folder: Path, sample: dict, number: int, inputVolumeNode, 
     baseName = f"{inputVolumeNode.GetName()}_drdm_{number}"
     created: list = []
     try:
-        volumeNode = _volumeNode(scene, baseName, folder / sample["image"], inputVolumeNode)
+        volumeNode = _volumeNode(scene, baseName, folder / sample["images"][0], inputVolumeNode)
         created.append(volumeNode)
         segmentationNode = None
         if inputSegmentationNode is not None and segmentIds(inputSegmentationNode):
@@ -172,7 +184,7 @@ def loadResults(manifestPath, inputVolumeNode, inputSegmentationNode=None, scene
     sampleSettings["deviceUsed"] = manifest.get("settings", {}).get("device")
     results: list[SampleResult] = []
     try:
-        for offset, sample in enumerate(manifest["samples"]):
+        for offset, sample in enumerate(manifestSamples(manifest)):
             results.append(loadSample(scene, manifestPath.parent, sample, first + offset, inputVolumeNode,
                                       inputSegmentationNode, dict(sampleSettings, index=sample.get("index"))))
     except Exception:

@@ -12,6 +12,8 @@ MAX_SIDE = 4096
 """Largest working grid side (voxels) a model or run may declare."""
 SEED_LIMIT = 2 ** 64
 """Seeds are integers ``0 … SEED_LIMIT - 1`` (what a torch generator accepts)."""
+SIZE_RANGE = (8, 1024)
+"""Working grid sides (voxels) a diffusion-only run may ask for with ``--size``."""
 
 
 def _shown(value: object) -> str:
@@ -54,3 +56,14 @@ def require_seed(name: str, value: object) -> int:
 def sub_seed(value: int) -> int:
     """A seed derived by arithmetic on seeds, wrapped into ``0 … 2**64 - 1`` (unchanged when already inside)."""
     return value % SEED_LIMIT
+
+
+def check_sampling(samples: int, seed: int, size: int | None) -> None:
+    """Refuse settings no sampling run can use: fewer than 1 sample, a seed outside ``0 … 2**64 - 1``, a
+    working size outside :data:`SIZE_RANGE`."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise DRDMError(f"--samples must be at least 1, got {_shown(samples)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise DRDMError(f"--seed must be in 0…2**64-1 ({SEED_LIMIT - 1}), got {_shown(seed)}")
+    if size is not None and not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        raise DRDMError(f"--size must be in {SIZE_RANGE[0]}…{SIZE_RANGE[1]} (working grid side in voxels), got {size}")

@@ -6,17 +6,19 @@ import contextlib
 import errno
 import gzip
 import json
+import math
 import os
+import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.defaults import FIELD_COMPRESSION_DEFAULT
 from ..core.grid import Geometry
 from .read import Labels
 
-FIELD_COMPRESSION_DEFAULT = 0  # measured: gzip level 1 saves 7 % of a field for about 5x the write time
 SEGMENTATION_COMPRESSION = 6  # gzip level of .seg.nrrd (zlib's default): measured on the bundled case, 7 ms
 # and 27.7 kB per file against slicerio's default 9: 78 ms and 26.2 kB
 
@@ -34,11 +36,22 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     try:
         try:
             sitk.WriteImage(image, str(tmp), compress)
-        except RuntimeError as exc:  # ITK reports a full disk or an I/O error this way
-            raise OSError(errno.EIO, "SimpleITK could not write the file") from exc
+        except RuntimeError as exc:  # ITK reports every failed write this way, without the system's reason
+            raise _itk_write_failure(image, path) from exc
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _itk_write_failure(image: sitk.Image, path: Path) -> OSError:
+    """The likely reason ITK could not write ``image`` to ``path``: a disk without room for its voxels, a
+    folder without write permission, else a plain I/O error."""
+    needed = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    if shutil.disk_usage(path.parent).free < needed:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if not os.access(path.parent, os.W_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES))
+    return OSError(errno.EIO, "SimpleITK could not write the file")
 
 
 def _ascii_placeholders(segments: list[dict]) -> dict[bytes, bytes]:
@@ -107,44 +120,63 @@ def _nrrd_vector(values) -> str:
     return "(" + ",".join(repr(float(v)) for v in values) + ")"
 
 
-def write_displacement_field(chunks: Iterable[np.ndarray], geometry: Geometry, path: str | os.PathLike,
-                             compression: int = FIELD_COMPRESSION_DEFAULT) -> None:
-    """Write an ITK displacement field given as consecutive row blocks ``(rows, *shape[1:], nd)`` of
-    array axis 0 (LPS mm, float32, array order) as a NRRD, streamed: the full-size field is never
-    held; atomic (a wrong block shape or row count raises ``ValueError`` and leaves no file).
-
-    ``compression``: gzip level 1…9, or 0 for raw (uncompressed) data. The gzip header holds no file
-    name and no time, so the same field gives the same bytes. The header is the one ITK/SimpleITK
-    writes for a vector image (``kinds: vector domain ...``), so ``sitk.ReadImage`` and Slicer read it
-    back as a displacement field on ``geometry``'s grid.
-    """
-    if not 0 <= compression <= 9:
-        raise ValueError(f"field compression must be 0 (none) to 9, got {compression}")
+def _field_header(geometry: Geometry, compression: int) -> bytes:
+    """The NRRD header ITK/SimpleITK writes for a vector image on ``geometry`` (``kinds: vector domain ...``)."""
     nd = geometry.ndims
     direction = geometry.direction_matrix
     axes = " ".join(_nrrd_vector(direction[:, i] * geometry.spacing[i]) for i in range(nd))
     space = "space: left-posterior-superior" if nd == 3 else "space dimension: 2"
     encoding = "gzip" if compression else "raw"
-    header = (f"NRRD0004\ntype: float\ndimension: {nd + 1}\n{space}\n"
-              f"sizes: {nd} {' '.join(str(s) for s in geometry.size)}\n"
-              f"space directions: none {axes}\nkinds: vector {' '.join(['domain'] * nd)}\n"
-              f"endian: little\nencoding: {encoding}\nspace origin: {_nrrd_vector(geometry.origin)}\n\n")
+    return (f"NRRD0004\ntype: float\ndimension: {nd + 1}\n{space}\n"
+            f"sizes: {nd} {' '.join(str(s) for s in geometry.size)}\n"
+            f"space directions: none {axes}\nkinds: vector {' '.join(['domain'] * nd)}\n"
+            f"endian: little\nencoding: {encoding}\nspace origin: {_nrrd_vector(geometry.origin)}\n\n").encode("ascii")
+
+
+@contextlib.contextmanager
+def field_writer(geometry: Geometry, path: str | os.PathLike,
+                 compression: int = FIELD_COMPRESSION_DEFAULT) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write an ITK displacement field as a NRRD, streamed: inside the block, ``write(block)`` appends
+    consecutive blocks of the field (LPS mm, float32, array order, vectors last): whole rows of an
+    array axis, ``(rows, *shape[a + 1:], nd)`` for some axis ``a``; the full-size field is never held.
+    Atomic: the file appears when the block ends and every voxel was written; a wrong block shape or
+    voxel count raises ``ValueError``, and an error leaves no file.
+
+    ``compression``: gzip level 1…9, or 0 for raw (uncompressed) data. The gzip header holds no file
+    name and no time, so the same field gives the same bytes. ``sitk.ReadImage`` and Slicer read the
+    file back as a displacement field on ``geometry``'s grid.
+    """
+    if not 0 <= compression <= 9:
+        raise ValueError(f"field compression must be 0 (none) to 9, got {compression}")
+    nd, shape = geometry.ndims, geometry.shape
     path = Path(path)
     tmp = atomic_path(path)
-    rows = 0
+    written = 0
+
+    def write(block: np.ndarray) -> None:
+        nonlocal written
+        if block.ndim < 2 or block.shape[-1] != nd or block.shape[1:-1] != shape[len(shape) - block.ndim + 2:]:
+            raise ValueError(f"field block shape {block.shape} does not match the grid {shape} x {nd}")
+        written += block.size // nd
+        stream.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+
     try:
         with open(tmp, "wb") as handle:
-            handle.write(header.encode("ascii"))
+            handle.write(_field_header(geometry, compression))
             with (gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=compression, mtime=0)
                   if compression else contextlib.nullcontext(handle)) as stream:
-                for chunk in chunks:
-                    if chunk.shape[1:] != (*geometry.shape[1:], nd):
-                        raise ValueError(f"field block shape {chunk.shape} does not match the grid "
-                                         f"{geometry.shape} x {nd}")
-                    rows += chunk.shape[0]
-                    stream.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
-        if rows != geometry.shape[0]:
-            raise ValueError(f"field blocks hold {rows} rows, the grid has {geometry.shape[0]}")
+                yield write
+        if written != math.prod(shape):
+            raise ValueError(f"field blocks hold {written} voxels, the grid has {math.prod(shape)} "
+                             f"({shape[0]} rows of {math.prod(shape[1:])})")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_displacement_field(blocks: Iterable[np.ndarray], geometry: Geometry, path: str | os.PathLike,
+                             compression: int = FIELD_COMPRESSION_DEFAULT) -> None:
+    """Write a displacement field given as consecutive blocks (see :func:`field_writer`)."""
+    with field_writer(geometry, path, compression) as write:
+        for block in blocks:
+            write(block)

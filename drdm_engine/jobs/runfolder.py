@@ -13,6 +13,7 @@ import shutil
 import signal
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -111,31 +112,64 @@ def unlock_folder(handle) -> None:
     handle.close()
 
 
+@dataclass(frozen=True)
+class Staging:
+    """A run's private staging folder ``root`` inside its output folder ``out`` (picklable: worker
+    processes stage and publish their cases through it)."""
+
+    root: Path
+    out: Path
+
+    def case(self, name: str) -> Path:
+        """A fresh, empty folder ``name`` in the staging folder (for one case's files)."""
+        folder = self.root / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        return folder
+
+    def publish(self, folder: Path, last: str | None = None) -> None:
+        """Move every file below the staged ``folder`` to the same relative place in ``out`` (atomic
+        renames on one file system; folders created as needed; the file ``last`` after all others), then
+        remove ``folder``."""
+        files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (p.parent == folder and
+                                                                                     p.name == last, str(p)))
+        for path in files:
+            target = self.out / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        shutil.rmtree(folder)
+
+
 class RunFolder:
-    """The output folder ``out`` of one run; ``is_output(name)`` tells the names of the files it writes.
+    """The output folder ``out`` of one run; ``is_output(name)`` tells the top-level names it writes.
 
-    :meth:`open` checks and locks ``out`` and returns the staging folder to write into;
-    :meth:`commit` moves everything into ``out`` (``last`` after all others); :meth:`abort` removes
-    what this run wrote. ``overwrite``: ``out`` may already hold files (same-named ones are replaced,
-    others never touched)."""
+    :meth:`open` checks and locks ``out`` and returns the :class:`Staging` folder to write into (a
+    resumable run publishes each case from it as the case finishes); :meth:`commit` moves everything else
+    into ``out``
+    (``last`` after all others); :meth:`abort` removes what this run has not published. ``overwrite``:
+    ``out`` may already hold files (same-named ones are replaced, others never touched); ``resumes()``:
+    whether ``out`` holds an unfinished run of the same settings, which may be continued without it."""
 
-    def __init__(self, out: Path, overwrite: bool, is_output: Callable[[str], bool]):
+    def __init__(self, out: Path, overwrite: bool, is_output: Callable[[str], bool],
+                 resumes: Callable[[], bool] | None = None):
         self.out = Path(out)
         self.overwrite = overwrite
         self.is_output = is_output
+        self.resumes = resumes
         self.created: list[Path] = []
         self.staging: Path | None = None
         self._lock = None
 
     def check(self) -> None:
-        """Refuse, before any work: a file at ``out``, a non-empty ``out`` without ``overwrite``, and a
-        folder (or anything but a file) where an output file goes."""
+        """Refuse, before any work: a file at ``out``, a non-empty ``out`` without ``overwrite`` (unless it
+        holds this run to resume), and a folder (or anything but a file) where an output file goes."""
         out = self.out
         if out.exists() and not out.is_dir():
             raise DRDMError(f"--out {out} is a file, not a folder; choose a folder path")
         if not out.is_dir():
             return
-        if not self.overwrite and any(not p.name.startswith(INTERNAL_PREFIX) for p in out.iterdir()):
+        visible = any(not p.name.startswith(INTERNAL_PREFIX) for p in out.iterdir())
+        if visible and not self.overwrite and not (self.resumes is not None and self.resumes()):
             raise DRDMError(f"output folder {out} already exists and is not empty; choose another --out or add "
                             f"--overwrite")
         for target in out.iterdir():
@@ -143,8 +177,9 @@ class RunFolder:
                 raise DRDMError(f"output folder {out} holds '{target.name}', which is not a regular file, where this "
                                 f"run writes one; move it away or choose another --out")
 
-    def open(self) -> Path:
-        """Create ``out`` (and missing parents), lock it, and create this run's staging folder."""
+    def open(self) -> Staging:
+        """Create ``out`` (and missing parents), lock it, remove staging folders that killed runs left
+        (the lock proves their runs are gone), and create this run's staging folder."""
         self.check()
         missing = []
         folder = self.out
@@ -161,6 +196,8 @@ class RunFolder:
                         raise
             self._acquire()
             self.check()  # again under the lock: another run may have finished into it meanwhile
+            for stale in self.out.glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
             staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.out))
             umask = os.umask(0)
             os.umask(umask)
@@ -171,8 +208,8 @@ class RunFolder:
         except DRDMError:
             self.abort()
             raise
-        self.staging = staging
-        return staging
+        self.staging = Staging(staging, self.out)
+        return self.staging
 
     def _acquire(self) -> None:
         self._lock = lock_folder(self.out)
@@ -185,26 +222,20 @@ class RunFolder:
     def commit(self, last: str) -> None:
         """Move the staged files into ``out``, ``last`` (the manifest) after all others, with any
         previous ``last`` removed first: at every moment ``out`` holds one consistent run."""
-        staging = self.staging
         with _signals_held():
             previous = self.out / last
             if previous.is_file() and not previous.is_symlink():
                 previous.unlink()
-            for path in sorted(staging.iterdir()):
-                if path.name != last:
-                    os.replace(path, self.out / path.name)
-            os.replace(staging / last, previous)
-            staging.rmdir()
+            self.staging.publish(self.staging.root, last)
             self.staging = None
             self.created = []
             self._release()
-
     def abort(self) -> None:
         """Remove this run's staging folder and lock, then the folders it created if they are empty (a
         second signal meanwhile waits until this is done)."""
         with _signals_held():
             if self.staging is not None:
-                shutil.rmtree(self.staging, ignore_errors=True)
+                shutil.rmtree(self.staging.root, ignore_errors=True)
                 self.staging = None
             self._release()
             for folder in reversed(self.created):

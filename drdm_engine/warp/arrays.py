@@ -2,7 +2,7 @@
 
 A case is a list of image arrays ``(C, *spatial)`` and label arrays ``(1, *spatial)`` on one grid
 with ``spacing`` (mm per spatial axis, in the arrays' axis order). Its field is drawn by
-:func:`augment.generate` from channel 0 of the first image and applied to every channel (linear)
+:func:`.working.sample_working` from channel 0 of the first image and applied to every channel (linear)
 and every label map (label-safe). Fields are cached per ``(case, seed, depth)``; a *bank* draws ``K``
 (seed, depth) pairs once per case and afterwards only picks one of them, so a case's later
 samples cost only the warp. Fields stay cached in a least-recently-used store of ``cached_fields``
@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..core.grid import WorkingGrid, slab_positions
+from ..core.device import resolve_device
 from ..core.labels import LabelWarper, compact_labels
+from ..core.limits import check_sampling
 from ..core.pairs import resampling_field
-from .case import SLAB_VOXELS, InputField, resolve_device, resolve_model, sample_working, warp_rows
+from ..model.loading import ModelCache
+from .slabs import InputField, warp_slabs
+from .working import check_depth, sample_working, schedule_of
 
 CACHED_FIELDS = 64  # each is 12 N^3 bytes: 25 MB at a working size of 128, 3 MB at 64
 BANKED_CASES = 1 << 16
@@ -45,34 +47,12 @@ def case_key(array: np.ndarray, spacing: tuple[float, ...], content: bool = True
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class Field:
-    """A working-grid field ``(1, nd, N^nd)`` (voxels) and the grid it maps onto the case."""
-
-    working: torch.Tensor
-    grid: WorkingGrid
-
-
-def warp_arrays(sources: list[np.ndarray], labels: list[np.ndarray], field: Field) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Warp spatial arrays (array order, the grid of ``field.grid.input``) with one field, slab by slab:
-    ``sources`` linearly (each in its own dtype, integers rounded and clipped), ``labels`` label-safely
-    (:class:`labels.LabelWarper`). The positions of each slab are computed once for all arrays."""
-    shape = field.grid.input.shape
-    rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
-    outs = [np.empty(shape, s.dtype) for s in sources]
-    warpers = [LabelWarper(compact_labels(l)) for l in labels]
-    voxels = InputField(field.working, field.grid, rows).voxels
-
-    def positions():
-        return ((start, pos) for start, _, _, pos in slab_positions(shape, voxels, rows))
-
-    with torch.inference_mode():
-        for start, stop, _, pos in slab_positions(shape, voxels, rows):
-            for source, out in zip(sources, outs):
-                warp_rows(source, out, start, stop, pos)
-            for warper in warpers:
-                warper.add_slab(start, stop, pos)
-    return outs, [w.result(positions).numpy().astype(l.dtype) for w, l in zip(warpers, labels)]
+def warp_arrays(sources: list[np.ndarray], labels: list[np.ndarray],
+                field: InputField) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Warp spatial arrays (array order, the grid of ``field.grid.input``) with one field in one pass:
+    ``sources`` linearly (each in its own dtype, integers rounded and clipped), ``labels`` label-safely."""
+    warped = warp_slabs(field, sources, [LabelWarper(compact_labels(l)) for l in labels])
+    return warped.sources, [w.numpy().astype(l.dtype) for w, l in zip(warped.labels, labels)]
 
 
 class Deformer:
@@ -80,17 +60,17 @@ class Deformer:
 
     def __init__(self, model: str = "none", size: int | None = None, recovery: str = "from-depth",
                  precision: str = "auto", device: str = "cpu", cached_fields: int = CACHED_FIELDS):
-        self.model_name, self.size, self.recovery, self.precision = model, size, recovery, precision
+        check_sampling(1, 0, size)
+        self.size, self.recovery, self.precision = size, recovery, precision
         self.device = resolve_device(device)
-        self.models: dict[int, object] = {}
+        self.models = ModelCache(model, self.device)
         self.cached_fields = cached_fields
-        self.fields: OrderedDict[tuple[str, int, int], Field] = OrderedDict()
+        self.fields: OrderedDict[tuple[str, int, int], InputField] = OrderedDict()
         self.banks: OrderedDict[str, list[tuple[int, int]]] = OrderedDict()
 
     def model(self, ndims: int):
-        if ndims not in self.models:
-            self.models[ndims] = resolve_model(self.model_name, ndims, self.device)
-        return self.models[ndims]
+        """The model for ``ndims``-D cases (``None``: diffusion only)."""
+        return self.models.get(ndims)
 
     def key(self, reference: np.ndarray, spacing: tuple[float, ...]) -> str:
         """Cache key of a case's fields: its content with a model (fields depend on the image), else its
@@ -107,7 +87,7 @@ class Deformer:
         return self.banks[key]
 
     def field(self, reference: np.ndarray, spacing: tuple[float, ...], seed: int, depth: int,
-              key: str | None = None) -> Field:
+              key: str | None = None) -> InputField:
         """The field of ``(case, seed, depth)``, drawn from ``reference`` (one spatial array) at first use."""
         given = key is not None
         key = key if given else self.key(reference, spacing)
@@ -117,22 +97,24 @@ class Deformer:
             if given and model is not None and case_key(reference, spacing) != key:
                 raise RuntimeError("the field of this DRDM deformation is not cached in this process and depends on "
                                    "the undeformed image (a model is used); invert it where it was applied")
+            check_depth(depth, schedule_of(model))
             image = _image(reference.astype(np.float32, copy=False), spacing)
             working, grid = sample_working(image, model, 1, depth, seed, self.device, self.recovery, self.size,
                                            self.precision)
-            self.fields[entry] = Field(working, grid)
+            self.fields[entry] = InputField(working, grid)
             _trim(self.fields, self.cached_fields)
         self.fields.move_to_end(entry)
         return self.fields[entry]
 
-    def inverse(self, field: Field) -> Field:
+    def inverse(self, field: InputField) -> InputField:
         """The numerically inverted field (fixed-point iteration, :func:`pairs.resampling_field`)."""
         with torch.inference_mode():
             inverse = resampling_field(field.working, torch.zeros_like(field.working))
-        return Field(inverse, field.grid)
+        return InputField(inverse, field.grid)
 
     @staticmethod
-    def apply(field: Field, images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def apply(field: InputField, images: list[np.ndarray],
+              labels: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Warp every channel of ``images`` ``(C, *spatial)`` (linear, own dtype) and ``labels``
         ``(1, *spatial)`` (label-safe) with ``field``."""
         channels = [c for image in images for c in image]

@@ -1,0 +1,193 @@
+"""Where a run's files go, relative to its output folder, and each case's seed.
+
+- :class:`ImageLayout`: one image (``drdm augment IMAGE``): flat files ``<name>_drdm_<k>…`` with a PNG
+  preview per sample and ``manifest.json``; the case's seed is the run's ``--seed``.
+- :class:`DatasetLayout`: a dataset (a folder, a list, an nnU-Net raw dataset, or one image with
+  ``--pairs``), written in the input's layout with new case IDs ``<case>_drdmNNN`` (nnU-Net:
+  ``imagesTr/<id>_0000<ending>``, ``labelsTr/<id><ending>``, fields in ``drdm_fields/``; else
+  ``images/``, ``labels/``, ``fields/``) and ``drdm_manifest.json``; each case's seed is a hash of the
+  run's seed and its ID, so its samples do not depend on the other cases. Resumable case by case.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import DRDMError
+from ..io.formats import stem_of, suffix_of
+from .cases import Case, Dataset
+
+FIELD_SUFFIX = "_field.nrrd"
+WRITE_SUFFIX = {".nhdr": ".nrrd", ".mhd": ".mha"}  # detached-header formats are written as one file
+NAME_MAX_MARGIN = 24  # bytes an atomic write's temporary name adds to a file name (``.tmp<pid>_``)
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """Relative paths of one output case: its ID, one image per channel, labels, field, preview."""
+
+    id: str
+    images: list[str]
+    labels: str | None
+    field: str | None = None
+    preview: str | None = None
+
+    def paths(self) -> list[str]:
+        return [p for p in (*self.images, self.labels, self.field, self.preview) if p]
+
+    def entry(self) -> dict:
+        """The manifest's file entries."""
+        return {"id": self.id, "images": self.images, "labels": self.labels, "field": self.field,
+                "preview": self.preview}
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """Seed of one case: a stable hash (SHA-256) of the run seed and the case ID, in ``[0, 2^63)``."""
+    digest = hashlib.sha256(f"{int(seed)}:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def sample_id(case_id: str, index: int) -> str:
+    """New case ID of sample ``index`` of ``case_id`` in a dataset."""
+    return f"{case_id}_drdm{index:03d}"
+
+
+class ImageLayout:
+    """The layout of a single-image run (see the module)."""
+
+    manifest = "manifest.json"
+    resumable = False
+    previews = True
+    seeds = "the run's --seed"
+
+    def __init__(self, case: Case):
+        self.case = case
+        self.stem = stem_of(case.channels[0])
+        suffix = suffix_of(case.channels[0])
+        self.suffix = ".nii.gz" if suffix in (".nii", ".nii.gz") else ".nrrd"
+        self.seg_nrrd = case.labels is not None and suffix_of(case.labels) == ".seg.nrrd"
+
+    def seed(self, seed: int, case_id: str) -> int:
+        return seed
+
+    def sample(self, case: Case, index: int) -> SampleFiles:
+        base = f"{self.stem}_drdm_{index:03d}"
+        labels = None
+        if case.labels is not None:
+            labels = f"{base}_labels.seg.nrrd" if self.seg_nrrd else f"{base}_labels{self.suffix}"
+        return SampleFiles(base, [f"{base}{self.suffix}"], labels, f"{base}{FIELD_SUFFIX}", f"{base}_preview.png")
+
+    def original(self, case: Case) -> SampleFiles | None:
+        return None
+
+    def pair_field(self, moving: str, fixed: str) -> str:
+        raise NotImplementedError("a single-image run writes no pairs")
+
+    def sample_index(self, name: str) -> int | None:
+        """The sample index of a file name that a run on this image (and labels) writes, whatever its
+        sample count; ``None`` for any other name."""
+        base = f"{self.stem}_drdm_"
+        tails = {p[len(base) + 3:] for p in self.sample(self.case, 0).paths()}
+        index, tail = name[len(base):len(base) + 3], name[len(base) + 3:]
+        return int(index) if name.startswith(base) and index.isdigit() and tail in tails else None
+
+    def is_output(self, name: str, samples: int) -> bool:
+        """Whether a top-level name in the output folder is one this run writes."""
+        index = self.sample_index(name)
+        return name == self.manifest or (index is not None and index < samples)
+
+    def earlier_samples(self, out: Path, samples: int) -> list[str]:
+        """Sample files in ``out`` that an earlier run on this image wrote beyond this run's ``samples``
+        (``--overwrite`` replaces same-named files only; these stay, and the manifest does not list them)."""
+        indices = {p.name: self.sample_index(p.name) for p in out.iterdir()}
+        return sorted(name for name, index in indices.items() if index is not None and index >= samples)
+
+
+class DatasetLayout:
+    """The layout of a dataset run (see the module)."""
+
+    manifest = "drdm_manifest.json"
+    resumable = True
+    previews = False
+    seeds = "per case: SHA-256 of '<seed>:<case id>', first 8 bytes little-endian, shifted right by 1"
+    top_level = ("drdm_manifest.json", "dataset.json", "pairs.json")
+
+    def __init__(self, dataset: Dataset):
+        self.nnunet = dataset.kind == "nnunet"
+        self.ending = dataset.file_ending
+
+    def seed(self, seed: int, case_id: str) -> int:
+        return case_seed(seed, case_id)
+
+    def _files(self, case: Case, new_id: str) -> tuple[list[str], str | None]:
+        if self.nnunet:
+            images = [f"imagesTr/{new_id}_{c:04d}{self.ending}" for c in range(len(case.channels))]
+            return images, f"labelsTr/{new_id}{self.ending}" if case.labels else None
+        images = [f"images/{new_id}{_written_suffix(case.channels[0])}"]
+        return images, f"labels/{new_id}{_written_suffix(case.labels)}" if case.labels else None
+
+    def sample(self, case: Case, index: int) -> SampleFiles:
+        new_id = sample_id(case.id, index)
+        images, labels = self._files(case, new_id)
+        return SampleFiles(new_id, images, labels, f"{'drdm_fields' if self.nnunet else 'fields'}/{new_id}{FIELD_SUFFIX}")
+
+    def original(self, case: Case) -> SampleFiles:
+        """Where a copy of the case's own files goes, under its own ID."""
+        images, labels = self._files(case, case.id)
+        return SampleFiles(case.id, images, labels)
+
+    def pair_field(self, moving: str, fixed: str) -> str:
+        return f"pair_fields/{fixed}_from_{moving}{FIELD_SUFFIX}"
+
+    def is_output(self, name: str, samples: int) -> bool:
+        return name in self.top_level
+
+
+Layout = ImageLayout | DatasetLayout
+
+
+def _written_suffix(path: str) -> str:
+    suffix = suffix_of(path)
+    return WRITE_SUFFIX.get(suffix, suffix)
+
+
+def output_paths(case: Case, layout: Layout, samples: int, originals: bool, pairs: bool) -> list[str]:
+    """Every file a case writes (relative paths): its samples, its original's copy, its pair fields."""
+    outputs = [layout.sample(case, k) for k in range(samples)]
+    paths = [p for files in outputs for p in files.paths()]
+    if originals:
+        paths += layout.original(case).paths()
+    if pairs:
+        paths += [layout.pair_field(a.id, b.id) for a, b in zip(outputs, outputs[1:])]
+    return paths
+
+
+def check_names(dataset: Dataset, layout: Layout, out: Path, samples: int, originals: bool, pairs: bool) -> None:
+    """Refuse, before any work, two cases writing the same file (compared case-insensitively, as some
+    file systems do) and file names the output's file system cannot hold."""
+    seen: dict[str, tuple[str, str]] = {}
+    for case in dataset.cases:
+        for path in output_paths(case, layout, samples, originals, pairs):
+            key = path.casefold()
+            if key in seen and seen[key][0] != case.id:
+                raise DRDMError(f"cases {seen[key][0]} and {case.id} would both write {path}; rename one of them "
+                                f"(output case IDs are <case>_drdmNNN)")
+            seen[key] = (case.id, path)
+    longest = max((Path(p).name for _, p in seen.values()), key=lambda n: len(os.fsencode(n)), default="")
+    if len(os.fsencode(longest)) + NAME_MAX_MARGIN > _name_max(out):
+        case = next(c for c, p in seen.values() if Path(p).name == longest)
+        raise DRDMError(f"case {case}: output file name {longest[:60]}… is too long for the file system of "
+                        f"{out}; shorten the case ID")
+
+
+def _name_max(out: Path) -> int:
+    """Longest file name (bytes) the file system that will hold ``out`` accepts (255 where unknown)."""
+    folder = out.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
