@@ -1,9 +1,14 @@
 """The training recipe of issue 10: quiet output init (a positive control that learns), the published
 (true) cosine, warm-up, t >= 1, amplitude per model, validation metrics, and the volume cache that
 lets training run without SimpleITK."""
+import csv
+import importlib.util
+import json
 import math
 import subprocess
 import sys
+import time
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -14,6 +19,7 @@ from drdm_engine.core.diffusion import DiffusionSchedule, diffuse, forward_field
 from drdm_engine.model.checkpoint import load_checkpoint
 from drdm_engine.model.network import RecResACNet
 from drdm_engine.training import losses
+from drdm_engine.training.backend_flags import TRAINING_FLAGS
 from drdm_engine.training.config import TrainConfig
 from drdm_engine.training.data import load_cache, save_cache
 from drdm_engine.training.evaluation import buckets_for, recovery_metrics
@@ -138,6 +144,19 @@ def test_foreground_cosine_is_the_cosine_over_the_voxels_above_the_threshold(cac
         assert "cosine_foreground" not in plain[label] and plain[label]["cosine"] == metrics["cosine"]
 
 
+def test_validation_deformations_are_drawn_on_the_cpu_whatever_the_scoring_device():
+    """The fields of a validation draw are made on the CPU and only then moved: the same numbers for a GPU
+    and the CPU (here a device that cannot draw random numbers at all, ``meta``, still gets them)."""
+    from drdm_engine.training.evaluation import validation_fields
+
+    schedule = DiffusionSchedule(control_size=16, amplitude=2.0)
+    cpu = validation_fields(0, 1, 30, 0, 2, 16, schedule, torch.device("cpu"))
+    again = validation_fields(0, 1, 30, 0, 2, 16, schedule, torch.device("cpu"))
+    meta = validation_fields(0, 1, 30, 0, 2, 16, schedule, torch.device("meta"))
+    assert all(torch.equal(a, b) for a, b in zip(cpu, again)) and all(f.device.type == "meta" for f in meta)
+    assert not torch.equal(cpu[0], validation_fields(0, 1, 30, 1, 2, 16, schedule, torch.device("cpu"))[0])
+
+
 BLOCK_SIMPLEITK = """
 import sys
 class Block:
@@ -166,7 +185,7 @@ def test_named_cmr2d_model_resolves_with_its_licence_beside_it():
     published 2D config), with its licence, notice and card beside it; a 3D image refuses it."""
     from drdm_engine.core.errors import DRDMError
     from drdm_engine.model.registry import NAMED_MODELS, resolve_name
-    from drdm_engine.warp.case import resolve_model
+    from drdm_engine.model.loading import resolve_model
 
     named = NAMED_MODELS["cmr2d"]
     assert resolve_name("CMR2D") == str(named.path) and resolve_name("my/model.pt") == "my/model.pt"
@@ -181,7 +200,7 @@ def test_named_cmr2d_model_resolves_with_its_licence_beside_it():
 def test_named_cmr2d_model_reproduces_the_published_network(reference):
     import numpy as np
 
-    from drdm_engine.warp.case import resolve_model
+    from drdm_engine.model.loading import resolve_model
 
     loaded = resolve_model("cmr2d", 2, torch.device("cpu"))
     published = torch.load(reference / "drdm_cmr_2d_published.pth", map_location="cpu", weights_only=True)
@@ -192,17 +211,124 @@ def test_named_cmr2d_model_reproduces_the_published_network(reference):
     assert np.abs(out - data["net_out_warped_t40"]).max() <= 1e-5
 
 
-def test_gpu_session_script_dry_run_without_simpleitk(tmp_path):
-    """scripts/gpu_session.sh end to end at tiny sizes on the CPU, with SimpleITK and slicerio made
-    unimportable as on the device machine: every stage passes and the outputs are written."""
-    (tmp_path / "block").mkdir()
-    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_SIMPLEITK.split("from drdm_engine")[0])
-    out = tmp_path / "out"
-    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "DRDM_GPU_DRYRUN": "1", "PYTHON": sys.executable,
-           "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1", "DRDM_GPU_BUDGET_S": "1"}
+GPU_SESSION = ROOT / "scripts" / "gpu_session.py"
+DRY_RUN_BUDGET_S = 25
+
+
+def _session_env(root, **extra) -> dict:
+    """The device machine's environment: SimpleITK and slicerio unimportable, one thread, no CUDA."""
+    (root / "block").mkdir(exist_ok=True)
+    (root / "block" / "sitecustomize.py").write_text(BLOCK_SIMPLEITK.split("from drdm_engine")[0])
+    return {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "PYTHONPATH": f"{root / 'block'}:{ROOT}",
+            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **extra}
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """scripts/gpu_session.sh end to end at tiny sizes on the CPU (DRDM_GPU_DRYRUN=1, as CI runs it)."""
+    root = tmp_path_factory.mktemp("gpu_dry")
+    out = root / "out"
+    env = _session_env(root, OUT=str(out), DRDM_GPU_DRYRUN="1", DRDM_GPU_BUDGET_S=str(DRY_RUN_BUDGET_S))
     done = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    report = __import__("json").loads((out / "gpu_session.json").read_text())
-    assert all(stage["ok"] for stage in report["stages"].values()) and report["stages"]["checks"]["passed"]
-    assert (out / "validation.md").is_file() and (out / "default3d" / "model.pt").is_file()
+    return out, json.loads((out / "gpu_session.json").read_text())
+
+
+def test_gpu_session_script_dry_run_without_simpleitk(dry_run):
+    """Every stage passes on a machine shaped like the device (no SimpleITK, no slicerio); it continues
+    training_data/default3d_latest.pt when that exists; a NaN batch is skipped with the weights and Adam
+    state kept; each stage leaves the torch.backends flags as it found them."""
+    out, report = dry_run
+    stages = report["stages"]
+    assert all(stage["ok"] and stage["flags_restored"] for stage in stages.values()), stages
+    assert list(stages) == ["checks", "timings", "training", "non_finite_batch"] and stages["checks"]["passed"]
+    assert stages["non_finite_batch"]["passed"] and stages["non_finite_batch"]["skipped"] == 1
+    latest = ROOT / "training_data" / "default3d_latest.pt"
+    assert stages["training"]["start"] == ("resume" if latest.is_file() else "fresh")
+    assert (out / "validation.md").is_file()
     assert load_checkpoint(out / "default3d" / "model.pt", ndims=3).meta.amplitude == 2.0
+
+
+def test_gpu_session_ends_within_its_budget_and_its_files_come_back(dry_run):
+    """Training stops when the measured validation, folding and save time (x1.5) is left; what is written
+    fits what a device call returns: at most 8 files of at most 16 MiB (checkpoint.pt has the real
+    network's size), nvidia-smi's output inside session.log, no temporary file left."""
+    out, report = dry_run
+    training = report["stages"]["training"]
+    assert report["ended_s"] <= DRY_RUN_BUDGET_S + 2, report["ended_s"]
+    assert training["reserve_s"] >= 1.5 * training["post_training_s"]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and max(p.stat().st_size for p in files) <= 16 * 2 ** 20, files
+    assert report["outputs"]["fit"] and not [p for p in files if ".tmp" in p.name or p.name == "nvidia-smi.txt"]
+    assert 15 * 2 ** 20 < (out / "default3d" / "checkpoint.pt").stat().st_size <= 16 * 2 ** 20
+
+
+def test_gpu_session_trains_with_the_batch_and_flags_it_timed(dry_run):
+    """The timings try each batch under the Trainer's own flags and training uses the one the rule picks."""
+    gpu_session = _load_gpu_session()
+    _, report = dry_run
+    timings = report["stages"]["timings"]["training_64"]
+    tries = {int(batch): timing for batch, timing in timings["batches"].items()}
+    assert sorted(tries) == [1, 2, 4] and timings["flags"] == asdict(TRAINING_FLAGS)
+    assert timings["chosen_batch"] == gpu_session.choose_batch(tries, 1) == report["stages"]["training"]["batch"]
+
+
+def _load_gpu_session():
+    spec = importlib.util.spec_from_file_location("gpu_session", GPU_SESSION)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_session_batch_rule():
+    """The largest batch whose step takes at most 1.5x the base batch's and at most 70 GB; the base when
+    a larger one runs out of memory or is too slow."""
+    choose = _load_gpu_session().choose_batch
+
+    def tried(**steps):
+        return {int(b[1:]): {"median_step_s": s, "peak_memory_gb": 10.0} for b, s in steps.items()}
+
+    assert choose(tried(b8=0.10, b16=0.14, b32=0.2), 8) == 16
+    assert choose(tried(b8=0.10, b16=0.14, b32=0.15), 8) == 32
+    assert choose(tried(b8=0.10, b16=0.16, b32=0.2), 8) == 8
+    memory = tried(b8=0.10, b16=0.11, b32=0.12)
+    memory[32]["peak_memory_gb"] = 80.0
+    assert choose(memory, 8) == 16
+    assert choose({**tried(b8=0.10, b16=0.11), 32: {"error": "out of memory"}}, 8) == 16
+    assert choose({8: {"error": "out of memory"}}, 8) == 8
+
+
+def test_gpu_session_resumes_the_full_checkpoint_with_a_fresh_seed(dry_run, tmp_path):
+    """A second session continues the first one's checkpoint: step count, Adam state and the warm-up
+    schedule go on (no restart at step 0 and the first warm-up rate), with its own seed added to the
+    seed history kept in the checkpoint."""
+    first_out, first = dry_run
+    before = first["stages"]["training"]
+    out = tmp_path / "second"
+    done = subprocess.run([sys.executable, str(GPU_SESSION), "--dry-run", "--stages", "training", "--out", str(out),
+                           "--init", str(first_out / "default3d" / "checkpoint.pt"), "--budget-s", "12",
+                           "--reserve-s", "1", "--batches", "2", "--seed", "7"],
+                          cwd=ROOT, env=_session_env(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    training = json.loads((out / "gpu_session.json").read_text())["stages"]["training"]
+    assert training["start"] == "resume" and training["first_step"] == before["steps"]
+    assert training["steps"] > before["steps"]
+    assert training["seeds"] == before["seeds"] + [{"step": before["steps"], "seed": 7}]
+    rows = list(csv.DictReader((out / "default3d" / "train_log.csv").open()))
+    assert int(rows[0]["step"]) == before["steps"] + 1
+    assert float(rows[0]["lr"]) == pytest.approx(TrainConfig().learning_rate(before["steps"]), rel=1e-4)
+    saved = torch.load(out / "default3d" / "checkpoint.pt", weights_only=True)["training"]
+    assert saved["seeds"] == training["seeds"] and saved["step"] == training["steps"]
+    adam_steps = {float(state["step"]) for state in saved["optimizer"]["state"].values()}
+    assert adam_steps == {training["steps"] - training["skipped_batches"]}
+
+
+def test_gpu_session_without_cuda_stops_at_once_with_one_line(tmp_path):
+    """Not a dry run and no CUDA visible: one error line, nothing run, no report written."""
+    out = tmp_path / "out"
+    started = time.monotonic()
+    done = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=_session_env(tmp_path, OUT=str(out)),
+                          capture_output=True, text=True)
+    errors = [line for line in done.stdout.splitlines() if line.startswith("gpu_session:")]
+    assert done.returncode == 2 and len(errors) == 1 and "CUDA is not visible" in errors[0], done.stdout
+    assert time.monotonic() - started < 60 and not (out / "gpu_session.json").exists()

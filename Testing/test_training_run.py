@@ -1,4 +1,5 @@
 """Training runs on tiny real image files: errors before training, learning, resume, Ctrl-C, DDP, evaluate."""
+import copy
 import csv
 import json
 import os
@@ -208,3 +209,215 @@ def test_cpu_training_steps_run_with_freed_memory_retained(data2d, monkeypatch):
     monkeypatch.setattr(heap, "retained", recording)
     Trainer(config2d(data2d, steps=1)).run()
     assert entered == [True]
+
+
+# --- non-finite batches, log rows, flags, errors ---------------------------------------------------
+def _poisoned_at(steps: set[int]):
+    """A ``Trainer.batch`` whose input is NaN at the given (0-based) steps."""
+    original = Trainer.batch
+
+    def batch(self):
+        moved, t, clean = original(self)
+        return (torch.full_like(moved, float("nan")) if self.step in steps else moved), t, clean
+    return batch
+
+
+def test_a_non_finite_batch_is_skipped_counted_and_training_goes_on(data2d, monkeypatch):
+    """The batch of step 3 gives a NaN loss: that step changes no weight and no Adam state, the log row
+    counts it, the checkpoint keeps the count, and the steps after it train as usual."""
+    monkeypatch.setattr(Trainer, "batch", _poisoned_at({2}))
+    trainer = Trainer(config2d(data2d, steps=5, augment=False))
+    original = Trainer.train_step
+    around = {}
+
+    def state(trainer):
+        return weights_digest(trainer.model), {k: v["exp_avg"].clone() for k, v in trainer.optimizer.state.items()}
+
+    def recording(self):
+        if self.step == 2:
+            around["before"] = state(self)
+        result = original(self)
+        if self.step == 3:
+            around["after"] = state(self)
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    trainer.run()
+    assert around["before"][0] == around["after"][0]
+    assert all(torch.equal(a, around["after"][1][k]) for k, a in around["before"][1].items())
+    rows = list(csv.DictReader((data2d / "run" / "train_log.csv").open()))
+    assert [int(r["skipped"]) for r in rows] == [0, 0, 1, 0, 0] and rows[2]["total"] == "nan"
+    assert all(torch.isfinite(torch.tensor(float(r["total"]))) for r in rows if r["skipped"] == "0")
+    _, training = load_checkpoint(data2d / "run" / "checkpoint.pt", ndims=2, with_training=True)
+    assert trainer.skipped == training["skipped"] == 1 and training["step"] == 5
+
+
+def test_a_run_whose_batches_all_fail_stops_after_validating_and_saving(data2d, monkeypatch):
+    from drdm_engine.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MAX_SKIPPED_IN_A_ROW", 3)
+    monkeypatch.setattr(Trainer, "batch", _poisoned_at(set(range(100))))
+    trainer = Trainer(config2d(data2d, steps=10))
+    start = weights_digest(trainer.model)
+    with pytest.raises(DRDMError, match="last 3 batches all had a non-finite loss"):
+        trainer.run()
+    _, training = load_checkpoint(data2d / "run" / "checkpoint.pt", ndims=2, with_training=True)
+    assert training["step"] == 3 and training["skipped"] == 3 and weights_digest(trainer.model) == start
+    assert {int(r["step"]) for r in csv.DictReader((data2d / "run" / "validation.csv").open())} == {3}
+
+
+def test_an_error_during_training_saves_the_last_finished_step(data2d, monkeypatch, capsys):
+    original = Trainer.train_step
+
+    def failing(self):
+        if self.step == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        Trainer(config2d(data2d, steps=5, checkpoint_every=100)).run()
+    _, training = load_checkpoint(data2d / "run" / "checkpoint.pt", ndims=2, with_training=True)
+    assert training["step"] == 2 and "stopped by RuntimeError at step 2; saved" in capsys.readouterr().out
+
+
+def test_log_rows_every_k_steps_hold_the_means_of_their_steps(data2d, monkeypatch):
+    """One row per K steps (and at the end): the mean of the steps' loss terms and t, the last step's
+    learning rate; the steps themselves read nothing from the device."""
+    trainer = Trainer(config2d(data2d, steps=7, augment=False, checkpoint_every=100))
+    trainer.log_every = 3
+    original = Trainer.train_step
+    per_step = []
+
+    def recording(self):
+        terms, t = original(self)
+        per_step.append({"t_mean": float(t.float().mean()), **terms.as_floats()})
+        return terms, t
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    trainer.run()
+    rows = list(csv.DictReader((data2d / "run" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [3, 6, 7]
+    for row, steps in zip(rows, (per_step[0:3], per_step[3:6], per_step[6:7])):
+        assert float(row["total"]) == pytest.approx(sum(s["total"] for s in steps) / len(steps), rel=1e-5)
+        assert float(row["t_mean"]) == pytest.approx(sum(s["t_mean"] for s in steps) / len(steps), abs=0.006)
+        assert float(row["lr"]) == pytest.approx(trainer.config.learning_rate(int(row["step"]) - 1))
+
+
+def test_training_steps_run_under_the_training_flags_which_are_restored_after(data2d, monkeypatch):
+    from drdm_engine.training.backend_flags import TRAINING_FLAGS, BackendFlags
+
+    before = BackendFlags.current()
+    seen = []
+    original = Trainer.train_step
+
+    def recording(self):
+        seen.append(BackendFlags.current())
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    Trainer(config2d(data2d, steps=2)).run()
+    assert seen == [TRAINING_FLAGS, TRAINING_FLAGS] and BackendFlags.current() == before
+
+
+def test_reseeded_resume_continues_schedule_and_state_with_new_batches(data2d):
+    """A resumed run with a fresh seed keeps the step count, the Adam state and the warm-up position, and
+    draws other batches than the saved streams would (recorded in the seed history)."""
+    Trainer(config2d(data2d, out=str(data2d / "split"), steps=2)).run()
+    resume = str(data2d / "split" / "checkpoint.pt")
+    continued = Trainer(config2d(data2d, out=str(data2d / "split"), resume=resume))
+    reseeded = Trainer(config2d(data2d, out=str(data2d / "split"), resume=resume))
+    reseeded.reseed(99)
+    assert reseeded.step == 2 and reseeded.seeds == [{"step": 0, "seed": 3}, {"step": 2, "seed": 99}]
+    assert not torch.equal(continued.batch()[1], reseeded.batch()[1])
+    reseeded.run()
+    rows = list(csv.DictReader((data2d / "split" / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[2]["lr"]) == pytest.approx(reseeded.config.learning_rate(2))
+    _, training = load_checkpoint(data2d / "split" / "checkpoint.pt", ndims=2, with_training=True)
+    assert training["seeds"] == reseeded.seeds
+    assert {float(s["step"]) for s in training["optimizer"]["state"].values()} == {4.0}
+
+
+def test_a_checkpoint_of_the_fused_cuda_optimizer_resumes_on_the_cpu(data2d):
+    """A GPU run saves fused Adam's state (its step counters on the GPU); resumed on the CPU the optimiser
+    stays the CPU's own, and an old log keeps its columns."""
+    Trainer(config2d(data2d, steps=2)).run()
+    path = data2d / "run" / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    for group in payload["training"]["optimizer"]["param_groups"]:
+        group["fused"] = True
+    torch.save(payload, path)
+    log = data2d / "run" / "train_log.csv"
+    old = ["step", "t_mean", "total", "mrse", "cosine", "gradient", "folding", "samples_per_s"]
+    rows = list(csv.DictReader(log.open()))
+    with log.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    resumed = Trainer(config2d(data2d, resume=str(path)))
+    assert not resumed.optimizer.param_groups[0]["fused"]
+    resumed.run()
+    with log.open(newline="") as handle:
+        lines = list(csv.reader(handle))
+    assert lines[0] == old and [line[0] for line in lines[1:]] == ["1", "2", "3", "4"]
+    assert all(len(line) == len(old) for line in lines)
+
+
+@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 4),
+                    reason="fused Adam on the CPU needs torch 2.4")
+def test_a_fused_optimizer_skips_a_non_finite_step_on_the_device():
+    """The CUDA path, run with the CPU's fused Adam: the skip flag reaches the optimiser's kernel without a
+    host read, and leaves weights, moments and step counters as they were; a finite batch updates them."""
+    from drdm_engine.training.finite_step import backward_and_step, fused_adam_fits
+
+    assert fused_adam_fits(torch.device("cpu")) or tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 5)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x = torch.randn(8, 4)
+
+    def step(poison: float = 1.0) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        return backward_and_step(net(x).square().mean() * poison, optimizer, scaler, list(net.parameters()), False)
+
+    assert not bool(step())
+    kept = copy.deepcopy((net.state_dict(), optimizer.state_dict()["state"]))
+    for poison in (float("nan"), float("inf")):
+        skip = step(poison)
+        assert bool(skip) and skip.device == x.device
+        assert all(torch.equal(v, net.state_dict()[k]) for k, v in kept[0].items())
+        state = optimizer.state_dict()["state"]
+        assert all(torch.equal(v, state[i][k]) for i, saved in kept[1].items() for k, v in saved.items())
+    assert not bool(step())
+    assert not torch.equal(kept[0]["weight"], net.weight) and float(optimizer.state_dict()["state"][0]["step"]) == 2
+
+
+def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu_with_a_fresh_field_stream(data2d, capsys):
+    """A CUDA generator's state (16 bytes) does not fit the CPU's: the field stream starts afresh with a
+    note instead of the run being refused as corrupt."""
+    Trainer(config2d(data2d, steps=2)).run()
+    path = data2d / "run" / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["training"]["rng"][0]["field"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(payload, path)
+    resumed = Trainer(config2d(data2d, resume=str(path)))
+    assert resumed.step == 2 and "saved on another kind of device" in capsys.readouterr().out
+    resumed.run()
+
+
+def test_a_log_window_averages_the_steps_it_kept():
+    """Skipped steps are counted, not averaged in; a window of skipped steps only has NaN means."""
+    from drdm_engine.training.losses import LossTerms
+    from drdm_engine.training.step_log import StepWindow
+
+    window = StepWindow(torch.device("cpu"))
+    for total, skipped in ((1.0, False), (float("nan"), True), (3.0, False)):
+        terms = LossTerms(*(torch.tensor(total) for _ in range(5)))
+        window.add(torch.tensor([10, 30]), terms, torch.tensor(skipped))
+    row = window.close(step=3, samples_per_step=2, lr=1e-4)
+    assert (row.steps, row.skipped, row.means["total"], row.means["t_mean"]) == (3, 1, 2.0, 20.0)
+    window.add(torch.tensor([5]), LossTerms(*(torch.tensor(float("nan")) for _ in range(5))), torch.tensor(True))
+    row = window.close(step=4, samples_per_step=2, lr=1e-4)
+    assert row.skipped == 1 and row.csv()["total"] == "nan" and window.steps == 0

@@ -3,7 +3,9 @@
 Ours: fast forward integrator (binary exponentiation) and, on CUDA, mixed precision. Published:
 sequential composition (``fields.power_sequential``), fp32. Both start from the same weights and
 draw the same ``t`` and the same random fields (same seed); one untimed warm-up step each, then
-timed steps interleaved so that machine load hits both alike. Data: the chest CT shipped in the slicerio wheel, unless files are given.
+timed steps interleaved so that machine load hits both alike, under the flags ``Trainer.run`` trains
+with (``TRAINING_FLAGS``: cuDNN autotuning on CUDA). Data: the chest CT shipped in the slicerio wheel,
+unless files are given.
 
     python bench/bench_training.py --size 64 --steps 3 --threads 1
 """
@@ -18,6 +20,7 @@ import torch
 
 from drdm_engine.core import fields
 from drdm_engine.core.diffusion import DiffusionSchedule, forward_fields
+from drdm_engine.training.backend_flags import TRAINING_FLAGS, backend_flags
 from drdm_engine.training.config import TrainConfig
 from drdm_engine.training.trainer import Trainer, load_training_data
 
@@ -69,14 +72,15 @@ def main() -> None:
                   flush=True)
         if args.steps == 0:
             continue
-        for trainer in (ours, published):
-            timed_step(trainer)  # warm-up (allocator, kernels), not timed
         times = {"ours": [], "published": []}
-        for step in range(args.steps):
-            for name, trainer in (("ours", ours), ("published", published)):
-                seconds, t = timed_step(trainer)
-                times[name].append(seconds)
-                print(f"  {size}^3 step {step + 1} {name:9s} t={t:2d}: {seconds:7.2f} s", flush=True)
+        with backend_flags(TRAINING_FLAGS):
+            for trainer in (ours, published):
+                timed_step(trainer)  # warm-up (allocator, kernels, cuDNN autotuning), not timed
+            for step in range(args.steps):
+                for name, trainer in (("ours", ours), ("published", published)):
+                    seconds, t = timed_step(trainer)
+                    times[name].append(seconds)
+                    print(f"  {size}^3 step {step + 1} {name:9s} t={t:2d}: {seconds:7.2f} s", flush=True)
         rate = {name: len(v) / sum(v) for name, v in times.items()}
         print(f"{size}^3 on {ours.device} ({args.threads} thread(s)): ours {rate['ours']:.4f} samples/s, "
               f"published fp32 sequential {rate['published']:.4f} samples/s, "

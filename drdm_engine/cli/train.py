@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.device import resolve_device
 from ..core.errors import DRDMError
 from ..core.limits import require_int, require_seed, require_side
 from ..jobs.distributed import launched_by_torchrun, stop
@@ -26,7 +27,7 @@ from ..training.config import TrainConfig, add_config_arguments, from_arguments
 from ..training.data import data_dimension, find_volumes, load_volumes, volumes_dimension
 from ..training.evaluation import buckets_for, recovery_error
 from ..training.output_folder import check_run_folder, run_lock
-from ..training.trainer import RUN_FILES, Trainer, resolve_device
+from ..training.trainer import RUN_FILES, TRAINING_DEVICES, Trainer
 
 INTERRUPTED = 130
 EVALUATE_MISMATCH = "the volumes are {ndims}D; choose a {ndims}D model"
@@ -97,7 +98,7 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 def check_training_fits(config: TrainConfig) -> None:
     """The CPU memory guard of a training process (``LOCAL_WORLD_SIZE`` of them on this machine), from the
     data's headers before any volume is loaded; skipped on a GPU and with ``force_large``."""
-    if resolve_device(config.device).type == "cpu" and not config.force_large:
+    if resolve_device(config.device, TRAINING_DEVICES).type == "cpu" and not config.force_large:
         check_training_memory(data_dimension(config.data), config.size, config.batch_size,
                               int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
@@ -135,7 +136,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     require_seed("--seed", args.seed)
     paths = find_volumes(args.data)
     ndims = volumes_dimension(paths)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, TRAINING_DEVICES)
     model = load_checkpoint(args.model, ndims=ndims, device=device, mismatch=EVALUATE_MISMATCH)
     size = args.size or model.meta.size
     if device.type == "cpu" and not args.force_large:

@@ -1,7 +1,8 @@
 """Recovery error: how well a model undoes one diffusion step's clean field, per band of ``t``.
 
-For held-out volume ``v``, step ``t`` and draw ``k``, the fields come from a generator seeded with
-``(seed, v, t, k)`` (wrapped into 64 bits), so two models are scored on the same deformations. The
+For held-out volume ``v``, step ``t`` and draw ``k``, the fields are drawn and integrated on the CPU
+from a generator seeded with ``(seed, v, t, k)`` (wrapped into 64 bits) and then moved to the network's
+device, so two models are scored on the same deformations, on a GPU as on the CPU. The
 error is the MRSE of ``q = warp(p, F_clean)`` against ``F_clean`` (0: perfect recovery; 1: predicting
 no motion);
 :func:`recovery_metrics` adds the cosine of ``q`` and ``F_clean`` (-1: exact direction) and the
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core import fields
 from ..core.diffusion import DiffusionSchedule, diffuse, forward_fields
 from ..core.limits import sub_seed
 from ..model.network import RecResACNet
@@ -46,10 +48,18 @@ def bucket_steps(bucket: Bucket, samples: int) -> list[int]:
     return [bucket.first + int((k + 0.5) * width / samples) for k in range(samples)]
 
 
-def _generator(seed: int, volume: int, t: int, draw: int, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(sub_seed(((seed * SEED_STRIDE + volume) * SEED_STRIDE + t) * 97 + draw))
-    return generator
+def _generator(seed: int, volume: int, t: int, draw: int) -> torch.Generator:
+    """The CPU generator of one validation deformation."""
+    return torch.Generator().manual_seed(sub_seed(((seed * SEED_STRIDE + volume) * SEED_STRIDE + t) * 97 + draw))
+
+
+def validation_fields(seed: int, volume: int, t: int, draw: int, ndims: int, size: int, schedule: DiffusionSchedule,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(F_full, F_clean)`` of validation draw ``(seed, volume, t, draw)``, each ``(1, nd, size^nd)`` voxels:
+    computed on the CPU (the same numbers whatever the device scoring them), then moved to ``device``."""
+    full, clean = forward_fields(torch.full((1,), t, dtype=torch.long), ndims, size, schedule,
+                                 _generator(seed, volume, t, draw))
+    return full.to(device), clean.to(device)
 
 
 METRICS = ("mrse", "cosine", "ratio")
@@ -73,11 +83,9 @@ def recovery_metrics(net: RecResACNet, volumes: torch.Tensor, schedule: Diffusio
         for v in range(volumes.shape[0]):
             image = volumes[v:v + 1].to(device)
             for k, step in enumerate(bucket_steps(bucket, samples)):
-                t = torch.full((1,), step, dtype=torch.long, device=device)
-                full, clean = forward_fields(t, nd, size, schedule, _generator(seed, v, step, k, device))
-                p = net(diffuse(image, full), t).float()
-                sides = torch.tensor(p.shape[2:], dtype=p.dtype, device=device).view(1, nd, *([1] * nd))
-                q, c = compose_with_target(p, clean), clean / sides
+                full, clean = validation_fields(seed, v, step, k, nd, size, schedule, device)
+                p = net(diffuse(image, full), torch.full((1,), step, dtype=torch.long, device=device)).float()
+                q, c = compose_with_target(p, clean), clean / fields.voxel_sides(p.shape[2:], device, p.dtype)
                 scores["mrse"].append(mrse_per_sample(q, c))
                 scores["cosine"].append(cosine_per_sample(q, c))
                 scores["ratio"].append(magnitude_ratio_per_sample(q, c))

@@ -16,12 +16,7 @@ EPS = 1e-7
 GRADIENT_THRESHOLD = 1e-4
 COSINE_SCALE = 1e5
 COSINE_EPS = 1e-4
-
-
-def _sides(field: torch.Tensor) -> torch.Tensor:
-    """Grid side per channel, ``(1, nd, 1, ...)``, to convert normalised fields to voxels."""
-    nd = field.dim() - 2
-    return torch.tensor(field.shape[2:], dtype=field.dtype, device=field.device).view(1, nd, *([1] * nd))
+TERM_NAMES = ("total", "mrse", "cosine", "gradient", "folding")
 
 
 def mrse_per_sample(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -82,8 +77,13 @@ class LossTerms:
     gradient: torch.Tensor
     folding: torch.Tensor
 
+    def stacked(self) -> torch.Tensor:
+        """The terms in :data:`TERM_NAMES` order as one ``(5,)`` tensor on their device (no host read)."""
+        return torch.stack([getattr(self, name).detach() for name in TERM_NAMES])
+
     def as_floats(self) -> dict[str, float]:
-        return {name: float(getattr(self, name).detach()) for name in ("total", "mrse", "cosine", "gradient", "folding")}
+        """The terms as numbers (one host read)."""
+        return dict(zip(TERM_NAMES, self.stacked().tolist()))
 
 
 def compose_with_target(p: torch.Tensor, clean: torch.Tensor, padding: str = "border") -> torch.Tensor:
@@ -97,7 +97,7 @@ def recovery_loss(p: torch.Tensor, clean: torch.Tensor, reg_weight: float = 10.0
 
     ``p``: prediction ``(B, nd, *spatial)`` normalised (voxels / N); ``clean``: ``F_clean`` in voxels.
     """
-    sides = _sides(p)
+    sides = fields.voxel_sides(p.shape[2:], p.device, p.dtype)
     c = clean / sides
     q = compose_with_target(p, clean, padding)
     mrse = mrse_per_sample(q, c).mean()

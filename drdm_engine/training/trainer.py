@@ -3,13 +3,14 @@
 Per step and sample: ``t ~ U{1..T-1}`` (``t = 0`` has a zero target); input ``warp(x0, F_full(t))``;
 target ``F_clean(t)``; prediction ``p = net(input, t)`` (normalised); loss from
 :func:`losses.recovery_loss`; Adam with a linear learning-rate warm-up
-(:meth:`TrainConfig.learning_rate`). On CUDA: bf16 autocast and channels-last memory.
+(:meth:`TrainConfig.learning_rate`). A batch whose loss or gradients are not finite changes nothing
+(:mod:`finite_step`) and is counted in the log. On CUDA: bf16 autocast, channels-last memory, fused
+Adam, the volumes and their augmentation on the GPU, and no host read of a GPU value between log rows
+(:mod:`step_log`).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +21,24 @@ from tqdm import tqdm
 
 from ..core import fields
 from ..core.diffusion import DiffusionSchedule, diffuse, forward_fields
+from ..core.device import resolve_device
 from ..core.errors import DRDMError
 from ..core.limits import sub_seed
 from ..jobs import distributed
-from ..jobs.resources import check_training_memory
 from ..model import checkpoint
 from ..model.cpu import heap
 from ..model.network import RecResACNet
 from ..model.precision import mixed_precision_dtype
 from .augmentation import augment
+from .backend_flags import TRAINING_FLAGS, backend_flags
 from .config import TrainConfig
 from .data import VolumeSet, is_cache, load_cache, load_volumes, split_sources
 from .evaluation import METRICS, buckets_for, recovery_metrics
+from .finite_step import backward_and_step, fused_adam_fits
 from .losses import LossTerms, recovery_loss
 from .model_setup import meta_for, starting_network
 from .output_folder import check_run_folder, open_run_folder
+from .step_log import LOG_COLUMNS, CsvLog, LogRow, StepWindow
 
 RANK_SEED_STRIDE = 7_919
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -42,21 +46,14 @@ MODEL_NAME = "model.pt"
 LOG_NAME = "train_log.csv"
 VALIDATION_NAME = "validation.csv"
 RUN_FILES = (CHECKPOINT_NAME, MODEL_NAME, LOG_NAME, VALIDATION_NAME)
+CUDA_LOG_EVERY = 20
+"""Steps per log row on CUDA (each row waits for the GPU once); the CPU logs every step."""
+MAX_SKIPPED_IN_A_ROW = 100
+"""Skipped batches in a row after which the run stops (validated and saved): the data or the learning
+rate is broken, not one batch."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: this process's GPU when CUDA is available (``LOCAL_RANK`` under torchrun), else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise DRDMError(f"unknown device {name!r}; use auto, cpu or cuda[:K]") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise DRDMError(f"device {name!r} is not supported; use auto, cpu or cuda[:K]")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DRDMError(f"device {name} asked for but CUDA is not available; use --device cpu")
-    return device
+TRAINING_DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -81,21 +78,6 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     return TrainingData(train, held)
 
 
-class _CsvLog:
-    """Append rows to a CSV file, writing the header when the file is new."""
-
-    def __init__(self, path: Path, columns: list[str]):
-        self.path, self.columns = path, columns
-
-    def write(self, row: dict) -> None:
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-
 class Trainer:
     """One training run. Build it (all checks happen here), then call :meth:`run`."""
 
@@ -104,12 +86,9 @@ class Trainer:
         check_run_folder(Path(config.out), RUN_FILES, config.resume, config.overwrite)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device, TRAINING_DEVICES)
         self.data = data if data is not None else load_training_data(config)
         self.ndims = self.data.train.ndims
-        if self.device.type == "cpu" and not config.force_large:
-            check_training_memory(self.ndims, config.size, config.batch_size,
-                                  int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         net, training, source_meta = starting_network(config, self.ndims)
         self.group = distributed.start(self.device)
         self.memory_format = _memory_format(self.device, self.ndims)
@@ -118,23 +97,33 @@ class Trainer:
         self.meta = meta_for(config, self.ndims, self._describe_data(), source_meta)
         self.schedule: DiffusionSchedule = self.meta.schedule
         self.integrator = fields.power if config.integrator == "fast" else fields.power_sequential
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
-                                          lr=config.learning_rate(0))
+        self.trained = [p for p in self.model.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda" and fused_adam_fits(self.device)  # skips without host reads
+        self.optimizer = torch.optim.Adam(self.trained, lr=config.learning_rate(0), fused=True if fused else None)
         self.amp_dtype = self._amp_dtype()
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        seed = sub_seed(config.seed + RANK_SEED_STRIDE * self.group.rank)
-        self.sample_generator = torch.Generator().manual_seed(seed)
-        self.field_generator = torch.Generator(device=self.device).manual_seed(sub_seed(seed + 1))
+        self.scaler = (torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+                       if hasattr(torch.amp, "GradScaler")  # torch < 2.3: CUDA's own scaler only
+                       else torch.cuda.amp.GradScaler(enabled=self.amp_dtype == torch.float16))
+        self.volumes = self.data.train.volumes.to(self.device)
+        self._seed_streams(config.seed)
+        self.seeds: list[dict] = [{"step": 0, "seed": config.seed}]
+        """Seed of the random streams and the step it took over at (a resumed run keeps its history)."""
         self.step = 0
+        """Batches trained so far (skipped ones included): the learning-rate schedule's position."""
+        self.skipped = 0
+        """Batches whose loss or gradients were not finite, as of the last log row."""
+        self.log_every = 1 if self.device.type == "cpu" else CUDA_LOG_EVERY
+        """Steps per row of ``train_log.csv``; the time limit is checked after every step all the same."""
+        self.window = StepWindow(self.device)
+        self._skipped_in_a_row = 0
         if training is not None:
             self._restore(training)
         self.out = Path(config.out)
         if self.group.main:
             open_run_folder(self.out, RUN_FILES, config.overwrite)
-        self.train_log = _CsvLog(self.out / LOG_NAME, ["step", "t_mean", "total", "mrse", "cosine", "gradient",
-                                                        "folding", "samples_per_s"])
-        self.validation_log = _CsvLog(self.out / VALIDATION_NAME, ["step", "bucket", "recovery_error", "cosine",
-                                                                   "ratio"])
+        self.train_log = CsvLog(self.out / LOG_NAME, LOG_COLUMNS)
+        self.validation_log = CsvLog(self.out / VALIDATION_NAME, ["step", "bucket", "recovery_error", "cosine",
+                                                                  "ratio"])
 
     def _describe_data(self) -> str:
         names = [Path(p).name for p in self.data.train.paths]
@@ -157,6 +146,20 @@ class Trainer:
         return mixed_precision_dtype(self.device)
 
     # --- state -----------------------------------------------------------------------------------
+    def _seed_streams(self, seed: int) -> None:
+        """Random streams of this process from ``seed``: batches, ``t`` and augmentation on the CPU (a few
+        numbers per batch, read by the host without waiting for the GPU), fields on the device."""
+        rank_seed = sub_seed(seed + RANK_SEED_STRIDE * self.group.rank)
+        self.sample_generator = torch.Generator().manual_seed(rank_seed)
+        self.field_generator = torch.Generator(device=self.device).manual_seed(sub_seed(rank_seed + 1))
+
+    def reseed(self, seed: int) -> None:
+        """Fresh random streams from ``seed`` from this step on, recorded in the checkpoint's seed history:
+        a new session of a resumed run then draws new batches instead of continuing (or replaying) the
+        saved streams."""
+        self._seed_streams(seed)
+        self.seeds.append({"step": self.step, "seed": seed})
+
     def _rng_state(self) -> dict:
         return {"sample": self.sample_generator.get_state(), "field": self.field_generator.get_state(),
                 "torch": torch.get_rng_state()}
@@ -170,15 +173,24 @@ class Trainer:
 
     def _restore_state(self, training: dict) -> None:
         self.step = int(training["step"])
-        self.optimizer.load_state_dict(training["optimizer"])
+        self.skipped = int(training.get("skipped", 0))
+        self.seeds = [dict(entry) for entry in training.get("seeds", [])]
+        saved = dict(training["optimizer"])  # the run may have used the other Adam (fused on CUDA, not on the CPU)
+        fused = self.optimizer.defaults["fused"]
+        saved["param_groups"] = [{**group, "fused": fused} for group in saved["param_groups"]]
+        self.optimizer.load_state_dict(saved)
         if training.get("scaler"):
             self.scaler.load_state_dict(training["scaler"])
         states = training.get("rng", [])
         if len(states) == self.group.world_size:
             state = states[self.group.rank]
             self.sample_generator.set_state(state["sample"])
-            self.field_generator.set_state(state["field"])
             torch.set_rng_state(state["torch"])
+            if state["field"].numel() == self.field_generator.get_state().numel():
+                self.field_generator.set_state(state["field"])
+            elif self.group.main:  # a CUDA generator's state does not fit the CPU's, nor the other way
+                print("drdm: note: the checkpoint's field random state was saved on another kind of device; "
+                      "continuing with a fresh field stream")
         elif self.group.main:
             print(f"drdm: note: checkpoint random state is for {len(states)} process(es), this run has "
                   f"{self.group.world_size}; continuing with fresh random streams")
@@ -192,10 +204,12 @@ class Trainer:
             return None
         self.meta.notes = {"steps": self.step, "batch_size": self.config.batch_size,
                            "world_size": self.group.world_size, "lr": self.config.lr,
-                           "warmup_steps": self.config.warmup_steps, "warmup_lr": self.config.warmup_lr}
+                           "warmup_steps": self.config.warmup_steps, "warmup_lr": self.config.warmup_lr,
+                           "skipped_batches": self.skipped, "seeds": self.seeds}
         training = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                    "rng": rng, "weights_digest_per_rank": digests, "config": self.config.to_dict()}
+                    "rng": rng, "weights_digest_per_rank": digests, "config": self.config.to_dict(),
+                    "skipped": self.skipped, "seeds": self.seeds}
         checkpoint.save_checkpoint(self.out / CHECKPOINT_NAME, self.model, self.meta, training=training)
         checkpoint.save_checkpoint(self.out / MODEL_NAME, self.model, self.meta)
         return self.out / CHECKPOINT_NAME
@@ -203,13 +217,13 @@ class Trainer:
     # --- one step --------------------------------------------------------------------------------
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Network input ``(B, C, N^nd)``, steps ``t`` ``(B,)`` and target ``F_clean`` ``(B, nd, N^nd)`` (voxels)."""
-        volumes = self.data.train.volumes
-        index = torch.randint(volumes.shape[0], (self.config.batch_size,), generator=self.sample_generator)
-        x0 = volumes[index]
+        batch = self.config.batch_size
+        index = torch.randint(self.volumes.shape[0], (batch,), generator=self.sample_generator)
+        x0 = self.volumes.index_select(0, index.to(self.device, non_blocking=True))
         if self.config.augment:
             x0 = augment(x0, self.sample_generator)
-        t = torch.randint(1, self.schedule.timesteps, (self.config.batch_size,), generator=self.sample_generator)
-        x0, t = x0.to(self.device), t.to(self.device)
+        t = torch.randint(1, self.schedule.timesteps, (batch,), generator=self.sample_generator)
+        t = t.to(self.device, non_blocking=True)
         with torch.no_grad():
             full, clean = forward_fields(t, self.ndims, self.config.size, self.schedule, self.field_generator,
                                          self.integrator)
@@ -217,21 +231,21 @@ class Trainer:
         return moved, t, clean
 
     def train_step(self) -> tuple[LossTerms, torch.Tensor]:
-        """One optimiser step; returns the loss terms and the batch's ``t``."""
+        """One batch: an optimiser step, skipped (weights and optimiser state kept) when the loss or a
+        gradient is not finite; the skip is counted in the next log row. Reads nothing from the GPU.
+        Returns the loss terms and the batch's ``t``."""
         moved, t, clean = self.batch()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             p = self.net(moved, t)
         terms = recovery_loss(p.float(), clean, self.config.reg_weight, self.config.fold_weight,
                               self.config.compose_padding)
-        if not torch.isfinite(terms.total):
-            raise DRDMError(f"loss became {float(terms.total)} at step {self.step + 1}; lower --lr or check the data")
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.learning_rate(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms.total).backward()
-        self.scaler.step(self.optimizer)
+        skip = backward_and_step(terms.total, self.optimizer, self.scaler, self.trained, self.group.distributed)
         self.scaler.update()
+        self.window.add(t, terms, skip)
         self.step += 1
         return terms, t
 
@@ -260,44 +274,65 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
-    def _train_until(self, deadline: float | None, bar: tqdm) -> None:
-        """Optimiser steps until ``config.steps`` or the deadline, logging, validating and saving as due."""
+    def _log(self, bar: tqdm) -> LogRow:
+        """Close the log window (one host read): write its row, count its skipped batches."""
+        row = self.window.close(self.step, self.config.batch_size * self.group.world_size,
+                                self.config.learning_rate(self.step - 1))
+        self.skipped += row.skipped
+        self._skipped_in_a_row = self._skipped_in_a_row + row.steps if row.skipped == row.steps else 0
+        if self.group.main:
+            self.train_log.write(row.csv())
+        bar.set_postfix(loss=f"{row.means['total']:.3g}", mrse=f"{row.means['mrse']:.3g}",
+                        cos=f"{row.means['cosine']:.3f}", fold=f"{row.means['folding']:.2g}",
+                        samples_s=f"{row.samples_per_s:.3g}", skipped=self.skipped)
+        return row
+
+    def _train_until(self, deadline: float | None, bar: tqdm) -> str | None:
+        """Batches until ``config.steps`` or the deadline, logging, validating and saving as due. The
+        deadline is checked after every step in one process, at log rows under DDP (all ranks stop at the
+        same step). Returns why training stopped early when every batch failed for a while, else None."""
         config = self.config
-        while self.step < config.steps and not self._time_is_up(deadline):
-            started = time.perf_counter()
-            terms, t = self.train_step()
-            rate = config.batch_size * self.group.world_size / max(time.perf_counter() - started, 1e-9)
-            values = terms.as_floats()
-            if self.group.main:
-                self.train_log.write({"step": self.step, "t_mean": f"{float(t.float().mean()):.2f}",
-                                      **{k: f"{v:.6g}" for k, v in values.items()},
-                                      "samples_per_s": f"{rate:.4g}"})
-            bar.set_postfix(loss=f"{values['total']:.3g}", mrse=f"{values['mrse']:.3g}",
-                            cos=f"{values['cosine']:.3f}", fold=f"{values['folding']:.2g}",
-                            samples_s=f"{rate:.3g}")
+        while self.step < config.steps:
+            self.train_step()
             bar.update(1)
-            if self._due(config.validate_every) and self.step < config.steps:
+            validate = self._due(config.validate_every) and self.step < config.steps
+            save = self._due(config.checkpoint_every) and self.step < config.steps
+            late = not self.group.distributed and deadline is not None and time.monotonic() >= deadline
+            if not (self._due(self.log_every) or validate or save or late or self.step == config.steps):
+                continue
+            self._log(bar)
+            if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                return (f"the last {self._skipped_in_a_row} batches all had a non-finite loss or gradient and "
+                        f"were skipped (weights of step {self.step - self._skipped_in_a_row} kept); lower --lr "
+                        f"or check the data")
+            if validate:
                 report = self.validate()
                 if report:
                     bar.write(f"step {self.step}: " + _format_report(report))
-            if self._due(config.checkpoint_every) and self.step < config.steps:
+            if save:
                 self.save()
+            if self._time_is_up(deadline):
+                break
+        return None
 
     def run(self) -> int:
-        """Train up to ``config.steps``; checkpoint every K steps and at the end; Ctrl-C saves. Returns the step.
-        On the CPU the steps run inside :func:`heap.retained` (freed memory kept for the next step)."""
+        """Train up to ``config.steps`` or ``config.time_limit``, then validate and save; checkpoint every K
+        steps. Ctrl-C, a stop signal or an error saves the last finished step before passing on. Returns
+        the step. The steps run under :data:`TRAINING_FLAGS` (the flags the GPU timings measure) and, on
+        the CPU, inside :func:`heap.retained` (freed memory kept for the next step)."""
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.group.main and config.progress))
         deadline = time.monotonic() + config.time_limit if config.time_limit else None
         try:
-            with heap.retained_on(self.device):
-                self._train_until(deadline, bar)
-        except KeyboardInterrupt:
+            with backend_flags(TRAINING_FLAGS), heap.retained_on(self.device):
+                stopped = self._train_until(deadline, bar)
+        except BaseException as exc:
             bar.close()
             path = self.save(all_ranks=False)
             if path is not None:
-                print(f"drdm: interrupted at step {self.step}; saved {path} (continue with --resume {path})")
+                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {type(exc).__name__}"
+                print(f"drdm: {what} at step {self.step}; saved {path} (continue with --resume {path})")
             raise
         bar.close()
         last_report = self.validate()
@@ -305,7 +340,10 @@ class Trainer:
         if path is not None:
             if last_report:
                 print(f"step {self.step}: " + _format_report(last_report))
-            print(f"drdm: trained {self.step} steps; model {self.out / MODEL_NAME}, resume state {path}")
+            print(f"drdm: trained {self.step} steps ({self.skipped} skipped); model {self.out / MODEL_NAME}, "
+                  f"resume state {path}")
+        if stopped:
+            raise DRDMError(stopped)
         return self.step
 
 
