@@ -24,8 +24,11 @@ def strided_norms(chunk: torch.Tensor, first: int, stride: int) -> torch.Tensor:
 
 
 def displacement_stats(norms: torch.Tensor) -> dict[str, float]:
-    """Mean and 99th percentile of ``|u|`` in mm from a subsample of norms (:func:`strided_norms`)."""
-    return {"displacement_mean_mm": float(norms.mean()), "displacement_p99_mm": float(quantile(norms, 0.99))}
+    """Mean and 99th percentile of ``|u|`` in mm from a subsample of norms (:func:`strided_norms`). The mean
+    is summed in float64: a float32 sum's rounding depends on how many threads share it, and the figures
+    must not depend on the number of processes."""
+    return {"displacement_mean_mm": float(norms.double().mean()),
+            "displacement_p99_mm": float(quantile(norms, 0.99))}
 
 
 def folding(u_voxels: torch.Tensor, rows: int = FOLDING_ROWS) -> dict[str, float]:

@@ -29,7 +29,7 @@ def between(u_a: torch.Tensor, u_b: torch.Tensor, iterations: int = ITERATIONS) 
     w = resampling_field(u_a, u_b, iterations)
     residual = _error(u_a, u_b, w)
     return w, {**_summary("inversion", residual), **_summary("pair", _error_between_nodes(u_a, u_b, w)),
-               "unreachable_fraction": float((residual > UNREACHABLE).float().mean())}
+               "unreachable_fraction": float((residual > UNREACHABLE).double().mean())}
 
 
 def resampling_field(u_a: torch.Tensor, u_b: torch.Tensor, iterations: int = ITERATIONS) -> torch.Tensor:
@@ -57,5 +57,5 @@ def _error_between_nodes(u_a: torch.Tensor, u_b: torch.Tensor, w: torch.Tensor) 
 def _summary(name: str, error: torch.Tensor) -> dict[str, float]:
     flat = error.flatten().float()
     sample = flat[::sample_stride(flat.numel())]
-    return {f"{name}_mean": float(flat.mean()), f"{name}_p99": float(quantile(sample, 0.99)),
+    return {f"{name}_mean": float(flat.double().mean()), f"{name}_p99": float(quantile(sample, 0.99)),
             f"{name}_max": float(flat.max())}

@@ -7,12 +7,15 @@ and a folder holding one DICOM series is read as a volume.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -89,62 +92,134 @@ def inspect_image(path: str | os.PathLike, what: str = "image") -> ImageInfo:
     return ImageInfo(size, reader.GetPixelID(), reader.GetNumberOfComponents(), files)
 
 
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Bytes a NIfTI-1/2 file must hold (voxel offset + voxel data) according to its header; ``None``
-    when ``header`` is not a NIfTI header."""
+NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of real floating-point voxels
+BLOCK = 1 << 22  # bytes read, decompressed or scanned at a time
+
+
+@dataclass(frozen=True)
+class NiftiLayout:
+    """Where a NIfTI-1/2 file's voxels lie, from its header: ``offset`` (bytes), ``count`` voxels of
+    ``bitpix`` bits, and their dtype when they are floats (which can hold NaN/inf)."""
+
+    offset: int
+    count: int
+    bitpix: int
+    floats: np.dtype | None
+
+    @property
+    def expected(self) -> int:
+        """Bytes the file must hold: voxel offset + voxel data."""
+        return self.offset + self.count * max(1, self.bitpix) // 8
+
+
+def _nifti_layout(header: bytes) -> NiftiLayout | None:
+    """The voxel layout a NIfTI-1/2 ``header`` announces; ``None`` when it is not a NIfTI header."""
     for endian in "<>":
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(endian + "hh", header[70:74])
             offset = max(352, int(struct.unpack(endian + "f", header[108:112])[0]))
             break
         if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "hh", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             offset = max(544, struct.unpack(endian + "q", header[168:176])[0])
             break
     else:
         return None
     count = int(np.prod([max(1, d) for d in dims[1:1 + max(0, min(7, dims[0]))]]))
-    return offset + count * max(1, bitpix) // 8
+    floats = np.dtype(endian + NIFTI_FLOATS[datatype]) if datatype in NIFTI_FLOATS else None
+    return NiftiLayout(offset, count, bitpix, floats)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _nifti_header(path: Path) -> bytes:
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") and _is_gzip(path) else open(path, "rb")) as s:
+        return s.read(540)
+
+
+def _decompress(path: Path, what: str, target: Path | None = None) -> int:
+    """Decompress the gzip file ``path`` in blocks (into ``target`` when given); returns its uncompressed
+    size. A truncated stream or a failed CRC is refused with one line (ITK would read it, filling the rest
+    with zeros)."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream, (open(target, "wb") if target else contextlib.nullcontext()) as out:
+            while block := stream.read(BLOCK):
+                if out is not None:
+                    out.write(block)
+                total += len(block)
+    except (EOFError, zlib.error) as exc:
+        raise DRDMError(f"{what} {path} is truncated or corrupt ({exc}); export or download it again") from exc
+    except OSError as exc:
+        if isinstance(exc, gzip.BadGzipFile) or exc.errno is None:
+            raise DRDMError(f"{what} {path} is truncated or corrupt ({exc}); export or download it again") from exc
+        raise DRDMError(f"cannot decompress {what} {path} into {target.parent}: {exc.strerror or exc}; free some "
+                        f"space there (or set TMPDIR to a larger folder)") from exc
+    return total
+
+
+def _refuse_short(path: Path, total: int, layout: NiftiLayout | None, what: str) -> None:
+    if layout is not None and total < layout.expected:
+        raise DRDMError(f"{what} {path} is truncated: it holds {total} of the {layout.expected} bytes its header "
+                        f"announces; export or download it again")
+
+
+def _count_non_finite(path: Path, layout: NiftiLayout) -> int:
+    """NaN/inf voxels among the float voxels of an uncompressed NIfTI file, counted block by block."""
+    voxels = np.memmap(path, dtype=layout.floats, mode="r", offset=layout.offset, shape=(layout.count,))
+    step = BLOCK // layout.floats.itemsize
+    return sum(int(np.count_nonzero(~np.isfinite(voxels[i:i + step]))) for i in range(0, layout.count, step))
 
 
 def check_complete(path: str | os.PathLike, what: str) -> None:
     """Refuse a NIfTI file that holds fewer bytes than its header announces, and a ``.gz`` file whose
-    gzip stream is truncated or fails its CRC (ITK would read such files, filling the rest with zeros).
-    Reads a compressed file once, in blocks."""
+    gzip stream is truncated or fails its CRC (read in blocks, nothing kept): why a header could not be read."""
     path = Path(path)
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz", ".gz")):
         return
-    compressed = name.endswith(".gz")
-    with open(path, "rb") as handle:
-        if compressed and handle.read(2) != b"\x1f\x8b":
-            return  # not gzip at all: the reader's own message says it cannot read it
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
-            header = stream.read(540)
-            total = len(header)
-            if compressed:
-                while block := stream.read(1 << 22):
-                    total += len(block)
-            else:
-                total = path.stat().st_size
-    except (EOFError, OSError, zlib.error) as exc:
-        raise DRDMError(f"{what} {path} is truncated or corrupt ({exc}); export or download it again") from exc
-    expected = _nifti_expected_bytes(header) if ".nii" in name else None
-    if expected is not None and total < expected:
-        raise DRDMError(f"{what} {path} is truncated: it holds {total} of the {expected} bytes its header "
-                        f"announces; export or download it again")
+    if name.endswith(".gz") and _is_gzip(path):
+        _refuse_short(path, _decompress(path, what), _nifti_layout(_nifti_header(path)), what)
+    elif ".nii" in name:
+        _refuse_short(path, path.stat().st_size, _nifti_layout(_nifti_header(path)), what)
 
 
-def _read(path: str | os.PathLike, what: str, info: ImageInfo | None = None) -> sitk.Image:
-    info = info or inspect_image(path, what)
+@contextlib.contextmanager
+def _checked_nifti(path: Path, what: str) -> Iterator[Path]:
+    """The uncompressed NIfTI file ITK should read for ``path`` (a ``.nii.gz`` is decompressed once, into a
+    temporary file removed afterwards), checked: complete, and without NaN/inf voxels (ITK's NIfTI reader
+    hides them)."""
+    layout = _nifti_layout(_nifti_header(path))
+    with tempfile.TemporaryDirectory(prefix="drdm-read-") as folder:
+        plain = path
+        if path.name.lower().endswith(".gz") and _is_gzip(path):
+            plain = Path(folder) / (path.name[:-3] if path.name.lower().endswith(".nii.gz") else path.name + ".nii")
+            total = _decompress(path, what, plain)
+        else:
+            total = path.stat().st_size
+        _refuse_short(path, total, layout, what)
+        if layout is not None and layout.floats is not None:
+            bad = _count_non_finite(plain, layout)
+            if bad:
+                raise DRDMError(f"{what} {path} has {bad} NaN/inf voxels; fill or mask them before augmenting")
+        yield plain
+
+
+def _read(path: str | os.PathLike, what: str, info: ImageInfo) -> tuple[sitk.Image, bool]:
+    """The image, and whether its raw voxels were checked for NaN/inf (NIfTI files, whose reader hides them)."""
+    path = Path(path)
     try:
         if info.dicom_files:
-            return sitk.ReadImage(list(info.dicom_files))
-        check_complete(path, what)
-        return sitk.ReadImage(str(path))
+            return sitk.ReadImage(list(info.dicom_files)), False
+        if ".nii" not in path.name.lower():
+            return sitk.ReadImage(str(path)), False
+        with _checked_nifti(path, what) as plain:
+            return sitk.ReadImage(str(plain)), True
     except RuntimeError as exc:
         raise DRDMError(f"cannot read {what} {path}: not a readable NIfTI/NRRD/MHA image") from exc
 
@@ -182,16 +257,18 @@ def read_image(path: str | os.PathLike, pixel_type: int | None = sitk.sitkFloat3
     """Read a scalar 2D or 3D image (file or DICOM folder) with its geometry, cast to ``pixel_type``
     (``None``: keep the file's); refuse 4D, vector, complex, too small, constant and non-finite images
     and truncated files. A one-slice 3D image is returned as 2D unless ``keep_3d`` (then it keeps its
-    z origin and full 3D direction)."""
-    info = info or inspect_image(path, "image")
-    check_image_info(info, path)
-    image = _read(path, "image", info)
+    z origin and full 3D direction). ``info``: the header, already inspected and checked
+    (:func:`check_image_info`) by the caller."""
+    if info is None:
+        info = inspect_image(path, "image")
+        check_image_info(info, path)
+    image, raw_checked = _read(path, "image", info)
     if is_single_slice(image) and not keep_3d:
         image = image[:, :, 0]
     if pixel_type is not None:
         image = sitk.Cast(image, pixel_type)
     array = sitk.GetArrayViewFromImage(image)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if array.dtype.kind == "f" and (pixel_type is not None or not raw_checked) and not np.isfinite(array).all():
         bad = int(np.size(array) - np.isfinite(array).sum())
         raise DRDMError(f"image {path} has {bad} NaN/inf voxels; fill or mask them before augmenting")
     if float(array.max()) == float(array.min()):
@@ -290,7 +367,7 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image, info: ImageInfo 
             raise DRDMError(f"segmentation {path} has overlapping segments in several layers; "
                             f"export it as a label map (one layer) first")
         names = {int(s["labelValue"]): s.get("name", s["id"]) for s in segmentation["segments"]}
-    image = _read(path, "labels", info)
+    image, _ = _read(path, "labels", info)
     if image.GetDimension() == 3 and reference.GetDimension() == 2 and image.GetSize()[2] == 1:
         image = image[:, :, 0]
     array = sitk.GetArrayViewFromImage(image)
