@@ -254,3 +254,15 @@ def test_samples_as_one_sequence_browsed_by_index(scene, case):
         segmentationProxy = next(p for p in proxies if p.IsA("vtkMRMLSegmentationNode"))
         assert segmentIds(segmentationProxy) == ["core", "rim"]
     assert all(scene.IsNodePresent(node) for r in results for node in r.nodes())
+
+
+def test_the_panel_takes_depths_from_the_engine():
+    """Default and largest diffusion depth are the engine's own (its settings module), not copies."""
+    from DRDMSlicerLib import DEFAULT_DEPTH, MAX_DEPTH
+
+    from drdm_engine.cli.commands import build_parser
+    from drdm_engine.core.defaults import DEFAULT_DEPTH as ENGINE_DEPTH
+    from drdm_engine.core.diffusion import DiffusionSchedule
+
+    assert DEFAULT_DEPTH == ENGINE_DEPTH == build_parser(False).parse_args(["augment", "--out", "o"]).depth
+    assert MAX_DEPTH == DiffusionSchedule().timesteps - 1

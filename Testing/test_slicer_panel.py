@@ -141,7 +141,7 @@ def test_panel_generation_table_display_log_clear_and_export(slicerApp, scene, c
     removeNode(results[1].volumeNode)                     # the user deletes a sample's volume
     assert ui.resultsTable.rowCount == 2 and len(widget._results) == 2
     ui.exportButton.clicked.emit(False)
-    assert len(json.loads((tmp_path / "export" / "drdm_manifest.json").read_text())["cases"]) == 2
+    assert len(json.loads((tmp_path / "export" / "drdm_slicer_export.json").read_text())["cases"]) == 2
     ui.clearButton.clicked.emit(False)
     removeNode(results[1].transformNode)
     removeNode(results[1].segmentationNode)
@@ -174,22 +174,29 @@ def test_scene_close_clears_the_results_and_settings_are_remembered(slicerApp, s
 
 
 def test_model_selector_lists_bundled_models_none_and_browsed_ones(slicerApp, tmp_path, monkeypatch):
+    """The list comes from the engine's own registry: a bundled model's dimension is its metadata's, not a
+    guess from its file name (an engine tree with the registry and both bundled models present)."""
+    import shutil
+
     from DRDMSlicerLib.models import ModelChoice, bundledModels
 
+    (tmp_path / "drdm_engine" / "model").mkdir(parents=True)
+    shutil.copy(ROOT / "drdm_engine" / "model" / "registry.py", tmp_path / "drdm_engine" / "model" / "registry.py")
     models = tmp_path / "drdm_engine" / "models"
-    models.mkdir(parents=True)
-    for stem in ("drdm_chest_3d", "drdm_cmr_2d"):
+    models.mkdir()
+    for stem in ("drdm_default_3d", "drdm_cmr_2d"):
         (models / f"{stem}.pt").write_bytes(b"")
         (models / f"{stem}.md").write_text(f"# {stem}\n\nTrained on {stem}, one-line summary.\nMore.\n")
-    assert bundledModels(str(tmp_path)) == [ModelChoice("drdm_chest_3d", str(models / "drdm_chest_3d.pt"),
-                                                        "Trained on drdm_chest_3d, one-line summary.")]
+    assert bundledModels(str(tmp_path)) == [ModelChoice("default3d", str(models / "drdm_default_3d.pt"),
+                                                        "Trained on drdm_default_3d, one-line summary.")]
+    assert bundledModels() == []  # this engine ships no 3D model yet
     app = slicerApp()
     monkeypatch.setattr(app.module, "bundledModels", lambda: bundledModels(str(tmp_path)))
     widget = app.widget()
     combo, p = widget.ui.modelComboBox, widget._parameterNode
-    assert combo.items == ["drdm_chest_3d: Trained on drdm_chest_3d, one-line summary.", "none (diffusion only)",
+    assert combo.items == ["default3d: Trained on drdm_default_3d, one-line summary.", "none (diffusion only)",
                            "Browse..."]
-    assert p.model == str(models / "drdm_chest_3d.pt") and not widget.ui.modelNoteLabel.visible
+    assert p.model == str(models / "drdm_default_3d.pt") and not widget.ui.modelNoteLabel.visible
     combo.setCurrentIndex(1)
     assert p.model == "none" and widget.ui.modelNoteLabel.visible
     import qt

@@ -5,7 +5,7 @@ from .export import export
 from .logic import DEFAULT_DEPTH, DEVICES, MAX_DEPTH, DRDMLogic, Generation, GenerationSettings
 from .results import SampleResult, loadResults, presentResults, removeResults
 from .sequences import removeSequence, samplesAsSequence
-from .transforms import fieldImageToGridTransform, fieldImageToGridTransformNode, showAsGrid
+from .gridtransform import fieldImageToGridTransform, fieldImageToGridTransformNode, showAsGrid
 
 __all__ = ["DEFAULT_DEPTH", "DEVICES", "MAX_DEPTH", "DRDMLogic", "Generation", "GenerationSettings",
            "SampleResult", "export", "fieldImageToGridTransform", "fieldImageToGridTransformNode",

@@ -10,7 +10,7 @@ import slicer
 
 from .inputs import writeSegmentation, writeVolume
 
-MANIFEST_STEM = "drdm_manifest"
+MANIFEST_STEM = "drdm_slicer_export"  # not the engine's dataset manifest (drdm_manifest.json): another schema
 
 
 def _writeTransform(transformNode, path: Path) -> None:

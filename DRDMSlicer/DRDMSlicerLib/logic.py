@@ -20,13 +20,15 @@ from typing import Callable
 import slicer
 
 from .display import showSample
+from .engine import engineModule
 from .export import export as exportResults
 from .inputs import writeInputs
 from .results import SampleResult, loadResults
 from .worker import EngineJob, augmentCommand, engineSearchPath, workerPython
 
-DEFAULT_DEPTH = 64
-MAX_DEPTH = 79
+_ENGINE_DEFAULTS = engineModule("core/defaults.py")
+DEFAULT_DEPTH = _ENGINE_DEFAULTS.DEFAULT_DEPTH
+MAX_DEPTH = _ENGINE_DEFAULTS.max_depth()
 DEVICES = ("auto", "cpu", "cuda")
 EVENT_SECONDS = 0.02  # how often generate() lets Slicer process its events while it waits
 
@@ -35,7 +37,7 @@ ProgressCallback = Callable[[float, str], None]
 
 @dataclass
 class GenerationSettings:
-    """What to generate: sample count, diffusion depth T0 (1..79), seed, model (path, ``none`` for
+    """What to generate: sample count, diffusion depth T0 (1 … the engine's :data:`MAX_DEPTH`), seed, model (path, ``none`` for
     diffusion only, or None for the engine's bundled model) and device."""
 
     samples: int = 1

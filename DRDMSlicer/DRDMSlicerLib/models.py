@@ -1,11 +1,11 @@
-"""Models the panel offers: the engine's bundled checkpoints (``drdm_engine/models/*.pt``, each with a
-``.md`` model card) found without importing the engine; no Qt."""
+"""Models the panel offers: the engine's bundled 3D checkpoints, from the engine's own model registry (the
+dimension from its metadata, each with a ``.md`` model card), read without importing the engine; no Qt."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from .worker import engineSearchPath
+from .engine import engineModule
 
 NONE = "none"  # the engine's --model value for diffusion only
 
@@ -31,7 +31,7 @@ def cardSummary(card: Path) -> str:
 
 
 def bundledModels(engineFolder: str | None = None) -> list[ModelChoice]:
-    """The engine's bundled volume (3D) models, by name; 2D models (``*2d*``) never apply to a Slicer volume."""
-    folder = Path(engineFolder or engineSearchPath()) / "drdm_engine" / "models"
-    return [ModelChoice(path.stem, str(path), cardSummary(path.with_suffix(".md")))
-            for path in sorted(folder.glob("*.pt")) if "2d" not in path.stem.lower()]
+    """The engine's bundled volume (3D) models present in this installation; 2D models never apply to a
+    Slicer volume."""
+    registry = engineModule("model/registry.py", engineFolder)
+    return [ModelChoice(model.name, str(model.path), cardSummary(model.card)) for model in registry.bundled_models(3)]

@@ -10,7 +10,7 @@ import slicer
 
 from .geometry import sameGrid
 from .segments import buildSegmentationNode, masksFromLabels, readSegmentationFile, segmentIds
-from .transforms import fieldImageToGridTransformNode, showAsGrid
+from .gridtransform import fieldImageToGridTransformNode, showAsGrid
 
 
 @dataclass

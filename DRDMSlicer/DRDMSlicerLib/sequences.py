@@ -5,7 +5,7 @@ import slicer
 import vtk
 
 from .results import SampleResult, removeNode
-from .transforms import showAsGrid
+from .gridtransform import showAsGrid
 
 INDEX_NAME = "sample"
 

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
 
 from DRDMSlicerLib.geometry import ijkToRasFromNode  # noqa: E402
-from DRDMSlicerLib.transforms import fieldImageToGridTransformNode  # noqa: E402
+from DRDMSlicerLib.gridtransform import fieldImageToGridTransformNode  # noqa: E402
 
 ZOOM = 4
 GRID_MM = 15.0

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fields
+from .defaults import TIMESTEPS
 
 Integrator = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 
@@ -27,7 +28,7 @@ class DiffusionSchedule:
     the published ``N / S``; ``2.0`` is the geometrically consistent crop rate.
     """
 
-    timesteps: int = 80
+    timesteps: int = TIMESTEPS
     v_scale: float = 4e-5
     control_size: int = 64
     noise_ratio: float = 0.08

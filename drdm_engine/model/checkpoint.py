@@ -22,6 +22,7 @@ from typing import get_type_hints
 
 import torch
 
+from ..core.defaults import TIMESTEPS
 from ..core.diffusion import DiffusionSchedule
 from ..core.errors import DRDMError
 from ..core.limits import MAX_SIDE, require_int, require_number, require_side
@@ -43,7 +44,7 @@ class ModelMeta:
 
     ndims: int
     size: int
-    timesteps: int = 80
+    timesteps: int = TIMESTEPS
     in_channels: int = 1
     rec_num: int = 2
     v_scale: float = 4e-5
