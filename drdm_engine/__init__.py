@@ -1,7 +1,8 @@
 """DRDM engine: deformation-recovery diffusion for instance-specific augmentation (no Slicer, no Qt)."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .core.version import VERSION as __version__
+
 __all__ = ["RecResACNet", "__version__"]
 
 

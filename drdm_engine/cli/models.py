@@ -44,11 +44,11 @@ def import_checkpoint(args: argparse.Namespace) -> int:
 
 def show_info(args: argparse.Namespace) -> int:
     """The engine's version and the model ``--model`` (default: the bundled default model) describes."""
-    from .. import __version__
+    from ..core.version import VERSION
     from ..model.checkpoint import describe, load_checkpoint
     from ..model.registry import DEFAULT_MODEL
 
-    print(f"drdm_engine {__version__}")
+    print(f"drdm_engine {VERSION}")
     path = args.model or DEFAULT_MODEL
     if args.model is None and not DEFAULT_MODEL.is_file():
         print(f"model {path}: absent (augment runs in diffusion-only mode)")

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .. import __version__
+from ..core.version import VERSION
 from ..io.write import write_json
 from ..model.checkpoint import LoadedModel, describe
 from .cases import Dataset
@@ -53,7 +53,7 @@ def build_manifest(dataset: Dataset, layout: Layout, job: Job, model: LoadedMode
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "tool": "drdm augment",
-        "engine_version": __version__,
+        "engine_version": VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": mode,
         "mode_note": MODE_NOTES[mode],

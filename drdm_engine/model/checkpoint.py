@@ -26,6 +26,7 @@ from ..core.defaults import TIMESTEPS
 from ..core.diffusion import DiffusionSchedule
 from ..core.errors import DRDMError
 from ..core.limits import MAX_SIDE, require_int, require_number, require_side
+from ..core.version import VERSION
 from .network import RecResACNet
 
 FORMAT = "drdm-checkpoint"
@@ -127,15 +128,10 @@ class LoadedModel:
     path: str
 
 
-def _engine_version() -> str:
-    from .. import __version__
-    return __version__
-
-
 def save_checkpoint(path: str | os.PathLike, net: RecResACNet, meta: ModelMeta, training: dict | None = None) -> None:
     """Write our checkpoint atomically (temporary file beside it, then rename); ``training`` must hold only
     tensors and plain data. A failed write leaves no temporary file and raises one ``DRDMError`` line."""
-    meta.engine_version = meta.engine_version or _engine_version()
+    meta.engine_version = meta.engine_version or VERSION
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": asdict(meta),
                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
     if training is not None:
