@@ -21,7 +21,7 @@ from timing import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 AUGMENT_IMPORTS = ("import drdm_engine.cli.commands as cli; cli.build_parser(with_training={}); "
-                   "from drdm_engine.warp import case; from drdm_engine.jobs import export; from drdm_engine.io import read, write; from drdm_engine.model import precision")
+                   "from drdm_engine.jobs import run")
 IMPORTS_BEFORE = "imports of drdm augment, eager (before)"
 IMPORTS_AFTER = "imports of drdm augment, lazy training"
 

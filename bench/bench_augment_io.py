@@ -20,14 +20,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
-from drdm_engine.cli.commands import default_case
-from drdm_engine.core.grid import sample_rows, slab_positions, source_rows
-from drdm_engine.core.labels import LabelWarper, label_values
+from drdm_engine.cli.augment import default_case
+from drdm_engine.core.grid import sample_rows, source_rows
+from drdm_engine.core.labels import LabelWarper, compact_labels, label_values
 from drdm_engine.io.read import read_image, read_labels
 from drdm_engine.io.write import write_displacement_field
-from drdm_engine.warp.case import SLAB_VOXELS, _label_array, generate
+from drdm_engine.warp.case import generate
 
 
 def per_label_warp(labels: torch.Tensor, slabs) -> torch.Tensor:
@@ -84,11 +85,9 @@ def main() -> None:
     labels = read_labels(labels_path, image)
     case = next(generate(image, labels, None, 1, 32, 0))
     field = case.field
-    shape = field.grid.input.shape
-    rows = max(1, SLAB_VOXELS // int(np.prod(shape[1:])))
     with torch.inference_mode():
-        slabs = [(start, stop, pos) for start, stop, _, pos in slab_positions(shape, field.voxels, rows)]
-        label_tensor = _label_array(labels.image)
+        slabs = [(slab.start, slab.stop, slab.pos) for slab in field.slabs()]
+        label_tensor = compact_labels(sitk.GetArrayFromImage(labels.image))
         if args.synthetic_labels:
             label_tensor = voronoi(label_tensor.shape, args.synthetic_labels)
         times = {"one grid_sample": [], "one per label": []}

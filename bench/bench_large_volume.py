@@ -56,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         image, labels = write_case(Path(folder), tuple(args.size))
         float_copy = np.prod(args.size) * 4 / 2 ** 20
-        base, _ = child_peak_mib("import torch, drdm_engine.warp.case, drdm_engine.jobs.export")
+        base, _ = child_peak_mib("import torch, drdm_engine.jobs.run")
         peak, seconds = child_peak_mib("from drdm_engine.cli.commands import main\nassert main(sys.argv[1:]) == 0",
                                        "augment", str(image), "--labels", str(labels), "--model", "none",
                                        "--samples", str(args.samples), "--out", str(Path(folder) / "out"))
