@@ -18,7 +18,9 @@ from timing import machine, measure, row
 from torch import nn
 
 from drdm_engine.model.cpu import heap
-from drdm_engine.model.network import RecResACNet, frozen_weights, reference_layers
+from drdm_engine.model.cpu.routes import reference_layers
+from drdm_engine.model.cpu.weights import frozen_weights
+from drdm_engine.model.network import RecResACNet
 
 CASES = {"3d64": (3, 64), "2d256": (2, 256), "3d128": (3, 128)}
 MATMUL_SIDE = 4096
@@ -48,14 +50,15 @@ def convolution_flop(model: RecResACNet, image: torch.Tensor, t: torch.Tensor) -
 def layer_rates(ndims: int, size: int, repeats: int) -> None:
     """GFLOP/s of single fast-layer 3x3 convolutions at the network's channel counts and levels, next to
     the channel counts oneDNN's blocked weights pad them to (multiples of 16), and the matmul rate."""
-    from drdm_engine.model.network import Conv2d, Conv3d, _channels_last
+    from drdm_engine.model.cpu.convolutions import Conv2d, Conv3d
+    from drdm_engine.model.cpu.layout import channels_last
 
     a, b = torch.rand(MATMUL_SIDE, MATMUL_SIDE), torch.rand(MATMUL_SIDE, MATMUL_SIDE)
     works, flops = {"fp32 matmul 4096^3 (peak)": lambda: torch.mm(a, b)}, {}
     for channels, padded, side in ((10, 16, size), (20, 32, size // 2), (40, 48, size // 4)):
         for c in (channels, padded):
             conv = (Conv2d if ndims == 2 else Conv3d)(c, c, 3, padding=1).eval()
-            x = _channels_last(torch.rand((1, c) + (side,) * ndims))
+            x = channels_last(torch.rand((1, c) + (side,) * ndims))
             label = f"3x3 conv {c} -> {c} channels at {side}^{ndims}"
             works[label] = lambda conv=conv, x=x: conv(x)
             flops[label] = 2 * side ** ndims * c * c * 3 ** ndims

@@ -6,7 +6,9 @@ import importlib.metadata
 import importlib.util
 import re
 
-MINIMUM_TORCH = (2, 2)
+from .engine import engineModule
+
+MINIMUM_TORCH = tuple(engineModule("core/version.py").MINIMUM_TORCH)  # the engine's own declaration
 # Python packages the engine needs beyond Slicer's own numpy and SimpleITK (import name -> pip name).
 ENGINE_PACKAGES = {"slicerio": "slicerio", "yaml": "pyyaml", "tqdm": "tqdm", "PIL": "pillow"}
 

@@ -5,13 +5,16 @@ import functools
 
 import torch
 
+from ..core.defaults import PRECISIONS
+from .compat import cuda_bf16_native
+
 
 def native_bf16(device: torch.device) -> bool:
-    """True where bf16 matrix maths runs natively: a CUDA GPU that supports it, or an x86 CPU with
-    AVX512-BF16 or AMX-BF16 (oneDNN's bf16 kernels). Elsewhere bf16 is emulated and slower than fp32
-    (measured 37x slower on an AVX2 CPU), so the answer is False."""
+    """True where bf16 matrix maths runs natively: a CUDA GPU of compute capability 8.0 or later, or an
+    x86 CPU with AVX512-BF16 or AMX-BF16 (oneDNN's bf16 kernels). Elsewhere bf16 is emulated and slower
+    than fp32 (measured 37x slower on an AVX2 CPU), so the answer is False."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return cuda_bf16_native(device)
     return device.type == "cpu" and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
@@ -32,9 +35,6 @@ def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
     if native_bf16(device):
         return torch.bfloat16
     return torch.float16 if device.type == "cuda" else None
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def recovery_dtype(precision: str, device: torch.device) -> torch.dtype | None:

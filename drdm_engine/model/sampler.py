@@ -14,8 +14,8 @@ import torch
 
 from ..core import fields
 from ..core.diffusion import DiffusionSchedule, Integrator, diffuse, forward_fields
-from .cpu import heap
-from .network import RecResACNet, frozen_weights, reference_layers
+from .layer_choice import LAYERS
+from .network import RecResACNet
 
 Progress = Callable[[int, int], None]
 
@@ -34,7 +34,7 @@ class RecoverySettings:
     Speed levers (none changes the maths; see ``bench/README.md`` for their measured effect):
     ``inference``: run under ``torch.inference_mode`` (in-place activations in the network);
     ``fast_layers``: the network's fast layers (every fp32 CPU convolution through oneDNN, channels-last
-    throughout, the instance norm keeping that layout: :mod:`.network`), outputs within 1e-5 of
+    throughout, the instance norm keeping that layout: ``model/cpu/``), outputs within 1e-5 of
     PyTorch's own layers; ``False`` runs PyTorch's own layers (the published ops);
     ``autocast``: ``None`` (fp32) or ``torch.float16`` / ``torch.bfloat16`` for the network on the
     image's device (fields stay fp32); ``compile``: run the network through ``torch.compile`` (measured
@@ -66,14 +66,11 @@ def _grad_context(settings: RecoverySettings) -> contextlib.AbstractContextManag
     return torch.inference_mode() if settings.inference else torch.no_grad()
 
 
-def _layers_context(settings: RecoverySettings) -> contextlib.AbstractContextManager:
-    return frozen_weights() if settings.fast_layers else reference_layers()
-
-
-def _heap_context(settings: RecoverySettings, device: torch.device) -> contextlib.AbstractContextManager:
-    """Freed memory kept for the next layers while the fast layers run on the CPU (:mod:`.heap`); the
-    reference path runs with the C library's defaults, as the published code does."""
-    return heap.retained_on(device) if settings.fast_layers else contextlib.nullcontext()
+def _layers_context(settings: RecoverySettings, device: torch.device) -> contextlib.AbstractContextManager:
+    """The fast layers' recovery block on ``device`` (on the CPU: weights reordered once, freed memory
+    kept for the next layers), or PyTorch's own layers with the C library's defaults, as the published
+    code runs."""
+    return LAYERS.recovery(device) if settings.fast_layers else LAYERS.reference()
 
 
 def _autocast_context(settings: RecoverySettings, device: torch.device) -> contextlib.AbstractContextManager:
@@ -106,7 +103,7 @@ def recover(model: RecResACNet, image: torch.Tensor, field: torch.Tensor, steps:
     network = _network(model, settings)
     all_t = torch.tensor(list(steps), dtype=torch.long).to(image.device)
     batch = image.shape[0]
-    with _grad_context(settings), _layers_context(settings), _heap_context(settings, image.device):
+    with _grad_context(settings), _layers_context(settings, image.device):
         d = field
         moved = diffuse(image, d, settings.image_mode)
         for done, t in enumerate(all_t.unsqueeze(1).expand(-1, batch), 1):

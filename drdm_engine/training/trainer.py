@@ -20,13 +20,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..core import fields
-from ..core.diffusion import DiffusionSchedule, diffuse, forward_fields
 from ..core.device import resolve_device
+from ..core.diffusion import DiffusionSchedule, diffuse, forward_fields
 from ..core.errors import DRDMError
 from ..core.limits import sub_seed
 from ..jobs import distributed
 from ..model import checkpoint
-from ..model.cpu import heap
+from ..model.layer_choice import LAYERS
 from ..model.network import RecResACNet
 from ..model.precision import mixed_precision_dtype
 from .augmentation import augment
@@ -319,13 +319,13 @@ class Trainer:
         """Train up to ``config.steps`` or ``config.time_limit``, then validate and save; checkpoint every K
         steps. Ctrl-C, a stop signal or an error saves the last finished step before passing on. Returns
         the step. The steps run under :data:`TRAINING_FLAGS` (the flags the GPU timings measure) and, on
-        the CPU, inside :func:`heap.retained` (freed memory kept for the next step)."""
+        the CPU, inside the layers' training block (:mod:`..model.cpu`: freed memory kept for the next step)."""
         config = self.config
         bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.group.main and config.progress))
         deadline = time.monotonic() + config.time_limit if config.time_limit else None
         try:
-            with backend_flags(TRAINING_FLAGS), heap.retained_on(self.device):
+            with backend_flags(TRAINING_FLAGS), LAYERS.training(self.device):
                 stopped = self._train_until(deadline, bar)
         except BaseException as exc:
             bar.close()
