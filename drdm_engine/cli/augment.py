@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     aug.add_argument("--labels", help="label map or Slicer .seg.nrrd on the image's grid")
     aug.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                      help=f"number of samples per case (default {DEFAULT_SAMPLES})")
-    aug.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help=f"diffusion depth T0 in 0…T-1 (default {DEFAULT_DEPTH})")
+    aug.add_argument("--depth", type=int, default=DEFAULT_DEPTH,
+                     help=f"diffusion depth T0 in 0…T-1 (default {DEFAULT_DEPTH})")
     aug.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples on the CPU)")
     aug.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
     aug.add_argument("--model", default=None, help="checkpoint path, a bundled model's name (cmr2d: the "

@@ -14,7 +14,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     imp = sub.add_parser("import-checkpoint", help="convert a published RecResACNet state dict to a DRDM checkpoint")
     imp.add_argument("source", help="published .pth state dict")
     imp.add_argument("output", help="DRDM checkpoint to write (.pt)")
-    imp.add_argument("--size", type=int, required=True, help="working grid side N it was trained at (e.g. 256 2D, 128 3D)")
+    imp.add_argument("--size", type=int, required=True,
+                     help="working grid side N it was trained at (e.g. 256 2D, 128 3D)")
     imp.add_argument("--trained-on", default="published DRDM checkpoint", help="what it was trained on")
     imp.add_argument("--v-scale", type=float, default=None, help="velocity scale (default 4e-5)")
     imp.add_argument("--amplitude", type=float, default=None, help="control-to-image gain (default published N/S)")

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from . import fields
 from .defaults import TIMESTEPS

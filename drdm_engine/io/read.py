@@ -54,6 +54,11 @@ class ImageInfo:
         return 2 if len(self.size) == 2 or self.size[2] == 1 else 3
 
     @property
+    def single_slice(self) -> bool:
+        """A 3D volume one voxel thick along z (deformed in-plane, written back in 3D)."""
+        return len(self.size) == 3 and self.size[2] == 1
+
+    @property
     def bytes_per_voxel(self) -> int:
         """Bytes of one voxel in memory (all components)."""
         return self.components * PIXEL_BYTES.get(self.pixel_id, 8)

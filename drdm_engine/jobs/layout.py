@@ -131,7 +131,8 @@ class DatasetLayout:
     def sample(self, case: Case, index: int) -> SampleFiles:
         new_id = sample_id(case.id, index)
         images, labels = self._files(case, new_id)
-        return SampleFiles(new_id, images, labels, f"{'drdm_fields' if self.nnunet else 'fields'}/{new_id}{FIELD_SUFFIX}")
+        fields = "drdm_fields" if self.nnunet else "fields"
+        return SampleFiles(new_id, images, labels, f"{fields}/{new_id}{FIELD_SUFFIX}")
 
     def original(self, case: Case) -> SampleFiles:
         """Where a copy of the case's own files goes, under its own ID."""

@@ -97,7 +97,7 @@ def _notes(dataset: Dataset, infos: dict[str, CaseInfo], models: ModelCache) -> 
         if models.get(ndims) is None:
             print(f"drdm: no trained {ndims}D model: diffusion-only mode (random forward fields, no recovery)",
                   file=sys.stderr)
-    flat = [c.id for c in dataset.cases if len(infos[c.id].channels[0].size) == 3 and infos[c.id].channels[0].ndims == 2]
+    flat = [c.id for c in dataset.cases if infos[c.id].channels[0].single_slice]
     if flat:
         print(f"drdm: one-slice 3D image{'s' if len(flat) > 1 else ''}: deformed in-plane, written back in 3D with "
               f"{'their' if len(flat) > 1 else 'its'} geometry", file=sys.stderr)
