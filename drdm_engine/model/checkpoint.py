@@ -201,6 +201,13 @@ def _read(path: str | os.PathLike, what: str = "model file") -> object:
         raise DRDMError(f"cannot read {what} {path}: not a PyTorch checkpoint ({type(exc).__name__})") from exc
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds our checkpoint format (as opposed to a published bare state dict); the file is
+    read as tensors and plain data, and refused with one line when it is neither."""
+    payload = _read(path)
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
 def _check_state(state: object, path) -> dict:
     """A state dict: a mapping of names to dense floating-point CPU tensors with finite values."""
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

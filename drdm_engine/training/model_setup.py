@@ -45,11 +45,6 @@ def quiet_output(net: RecResACNet, std: float = OUTPUT_INIT_STD) -> RecResACNet:
     return net
 
 
-def _is_our_checkpoint(path: Path) -> bool:
-    payload = checkpoint._read(path)
-    return isinstance(payload, dict) and payload.get("format") == checkpoint.FORMAT
-
-
 def starting_network(config: TrainConfig, ndims: int) -> tuple[RecResACNet, dict | None, ModelMeta | None]:
     """Network to train, the training state to resume (``None`` unless ``config.resume``) and the
     metadata of the model it came from (``None`` for a fresh network).
@@ -66,7 +61,7 @@ def starting_network(config: TrainConfig, ndims: int) -> tuple[RecResACNet, dict
         return loaded.net.train(), training, loaded.meta
     if config.fine_tune:
         source = Path(config.fine_tune)
-        if _is_our_checkpoint(source):
+        if checkpoint.is_checkpoint(source):
             loaded = checkpoint.load_checkpoint(source, ndims=ndims, mismatch=TRAIN_MISMATCH)
             net, meta = loaded.net, loaded.meta
         else:
