@@ -1,8 +1,14 @@
-"""Shared fixtures: the repository on sys.path, the published reference data, synthetic real files,
-and a real MRML scene from the slicer-core wheel."""
+"""Shared fixtures and helpers: the repository on sys.path, the published reference data, synthetic
+real files, a real MRML scene from the slicer-core wheel, and the ways tests run ``drdm`` (in this
+process or as a child process) and check its one-line refusals."""
 from __future__ import annotations
 
+import os
+import resource
+import signal
+import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +20,112 @@ for folder in (ROOT, ROOT / "DRDMSlicer", ROOT / "Testing"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 REFERENCE = ROOT.parent / "shared" / "reference"
+ERROR_PREFIX = "drdm: error:"
+GIB = 2 ** 30
 
 
+# --- drdm in this process and in child processes ---------------------------------------------------------
+def error_lines(text: str) -> list[str]:
+    """The lines of ``text`` that start ``drdm: error:``."""
+    return [line for line in text.splitlines() if line.startswith(ERROR_PREFIX)]
+
+
+def one_error_line(code: int | None, stderr: str, *fragments: str) -> str:
+    """Assert exit code 2, exactly one ``drdm: error:`` line holding every fragment, and no traceback;
+    returns the line."""
+    assert "Traceback" not in stderr, stderr[-2500:]
+    lines = error_lines(stderr)
+    assert code == 2 and len(lines) == 1, (code, stderr[-2500:])
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def run_cli(capsys, *argv) -> tuple[int | None, str]:
+    """``drdm ARGV`` in this process: (exit code, stderr). An exception escaping ``main`` comes back as
+    its traceback in stderr (code ``None``), so that a test fails with what the user would see."""
+    from drdm_engine.cli import main
+
+    tb = ""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    except Exception:  # noqa: BLE001 - what escaped is the defect
+        code, tb = None, traceback.format_exc()
+    return code, capsys.readouterr().err + tb
+
+
+def refused(capsys, *argv, says: str | tuple[str, ...] = ()) -> str:
+    """``drdm ARGV`` in this process is refused: exit code 2, one ``drdm: error:`` line holding what it
+    ``says``, no traceback; returns the line."""
+    return one_error_line(*run_cli(capsys, *argv), *([says] if isinstance(says, str) else says))
+
+
+def start_drdm(*argv, launcher=(), module: str = "drdm_engine", threads: int | None = 1,
+               memory_gib: int | None = None, **popen) -> subprocess.Popen:
+    """Start ``python [LAUNCHER] -m MODULE ARGV`` with the repository on PYTHONPATH, unbuffered output,
+    ``threads`` OpenMP threads (None: inherited) and, given ``memory_gib``, an address-space limit (give
+    such a run ``--device cpu``: a CUDA context does not start under one). The child gets SIGINT's
+    default action back: a test runner started in the background ignores SIGINT, and its children
+    would inherit that and ignore the Ctrl-C a test sends."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+
+    def prepare_child():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if memory_gib:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_gib * GIB, memory_gib * GIB))
+
+    command = [sys.executable, *launcher, "-m", module, *map(str, argv)]
+    return subprocess.Popen(command, env=env, preexec_fn=prepare_child, **popen)
+
+
+def run_drdm(*argv, timeout: float = 300, **options) -> subprocess.CompletedProcess:
+    """:func:`start_drdm` and wait for it (killed after ``timeout`` seconds); its exit code and text output."""
+    with start_drdm(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.fixture
+def drdm_process():
+    """:func:`start_drdm` for one test (stdout and stderr piped as text unless given); any child still
+    running or stopped when the test ends is killed."""
+    started = []
+
+    def start(*argv, **options) -> subprocess.Popen:
+        options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **options}
+        started.append(start_drdm(*argv, **options))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs mounted at ``tmp_path / "disk"`` and unmounted afterwards (root only; the test is
+    skipped elsewhere)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+# --- data, scenes and settings ---------------------------------------------------------------------------
 def samples_of(manifest: dict) -> list[dict]:
     """The samples of a single-image run's manifest (its one case), ``image`` naming the first channel."""
     return [{**s, "image": s["images"][0]} for s in manifest["cases"][0]["samples"]]
@@ -67,6 +177,20 @@ def phantom(size=(40, 30, 20), spacing=(1.5, 2.0, 3.5), origin=(-31.0, 12.5, 140
         im.SetOrigin(origin)
         im.SetDirection(tuple(np.asarray(direction).ravel()))
     return image, label_image
+
+
+def random_volume(path: Path, shape=(8, 16, 16), seed: int = 0, spacing=None, origin=None, direction=None) -> Path:
+    """A random (non-constant) float32 volume of array ``shape`` (z, y, x) written with SimpleITK to ``path``."""
+    image = sitk.GetImageFromArray(np.random.default_rng(seed).normal(100, 20, shape).astype(np.float32))
+    if spacing is not None:
+        image.SetSpacing(spacing)
+    if origin is not None:
+        image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(tuple(np.asarray(direction, float).ravel()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
 
 
 @pytest.fixture()

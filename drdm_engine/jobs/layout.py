@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .cases import Case, Dataset
 FIELD_SUFFIX = "_field.nrrd"
 WRITE_SUFFIX = {".nhdr": ".nrrd", ".mhd": ".mha"}  # detached-header formats are written as one file
 NAME_MAX_MARGIN = 24  # bytes an atomic write's temporary name adds to a file name (``.tmp<pid>_``)
+SAMPLE_ID = re.compile(r"(?P<case>.+)_drdm(?P<index>\d{3,})")
 
 
 @dataclass(frozen=True)
@@ -154,33 +156,57 @@ def _written_suffix(path: str) -> str:
     return WRITE_SUFFIX.get(suffix, suffix)
 
 
-def output_paths(case: Case, layout: Layout, samples: int, originals: bool, pairs: bool) -> list[str]:
-    """Every file a case writes (relative paths): its samples, its original's copy, its pair fields."""
-    outputs = [layout.sample(case, k) for k in range(samples)]
-    paths = [p for files in outputs for p in files.paths()]
-    if originals:
-        paths += layout.original(case).paths()
-    if pairs:
-        paths += [layout.pair_field(a.id, b.id) for a, b in zip(outputs, outputs[1:])]
-    return paths
+def _refuse_same(first: str, second: str, what: str) -> None:
+    raise DRDMError(f"cases {first} and {second} would both write {what}; rename one of them "
+                    f"(output case IDs are <case>_drdmNNN)")
 
 
 def check_names(dataset: Dataset, layout: Layout, out: Path, samples: int, originals: bool, pairs: bool) -> None:
     """Refuse, before any work, two cases writing the same file (compared case-insensitively, as some
-    file systems do) and file names the output's file system cannot hold."""
-    seen: dict[str, tuple[str, str]] = {}
+    file systems do) and file names the output's file system cannot hold; costs one pass over the cases,
+    whatever the number of samples.
+
+    A sample's ID ``<case>_drdm<k>`` names its case (the text before the last ``_drdm``), so samples of two
+    cases never share a name; what can collide is a case ID that differs from another only in letter
+    case, a copied original whose ID is another case's sample ID, and registration pair fields."""
+    by_folded: dict[str, str] = {}
     for case in dataset.cases:
-        for path in output_paths(case, layout, samples, originals, pairs):
-            key = path.casefold()
-            if key in seen and seen[key][0] != case.id:
-                raise DRDMError(f"cases {seen[key][0]} and {case.id} would both write {path}; rename one of them "
-                                f"(output case IDs are <case>_drdmNNN)")
-            seen[key] = (case.id, path)
-    longest = max((Path(p).name for _, p in seen.values()), key=lambda n: len(os.fsencode(n)), default="")
-    if len(os.fsencode(longest)) + NAME_MAX_MARGIN > _name_max(out):
-        case = next(c for c, p in seen.values() if Path(p).name == longest)
-        raise DRDMError(f"case {case}: output file name {longest[:60]}… is too long for the file system of "
-                        f"{out}; shorten the case ID")
+        folded = case.id.casefold()
+        if folded in by_folded:
+            _refuse_same(by_folded[folded], case.id, "files whose names differ only in letter case")
+        by_folded[folded] = case.id
+    if originals:
+        for case in dataset.cases:
+            match = SAMPLE_ID.fullmatch(case.id.casefold())
+            owner = by_folded.get(match["case"]) if match else None
+            index = int(match["index"]) if match else samples
+            if owner is not None and index < samples and sample_id(match["case"], index) == case.id.casefold():
+                _refuse_same(owner, case.id, f"the files of output case {sample_id(owner, index)}")
+    if pairs:
+        seen: dict[str, str] = {}
+        for case in dataset.cases:
+            for k in range(samples - 1):
+                name = layout.pair_field(sample_id(case.id, k), sample_id(case.id, k + 1)).casefold()
+                if seen.setdefault(name, case.id) != case.id:
+                    _refuse_same(seen[name], case.id, name)
+    _check_name_lengths(dataset, layout, out, samples, originals, pairs)
+
+
+def _check_name_lengths(dataset: Dataset, layout: Layout, out: Path, samples: int, originals: bool,
+                        pairs: bool) -> None:
+    """Refuse output file names longer than the output's file system holds (the last sample's are the
+    longest of a case: its index has the most digits)."""
+    limit = _name_max(out) - NAME_MAX_MARGIN
+    for case in dataset.cases:
+        names = layout.sample(case, samples - 1).paths()
+        if originals:
+            names += layout.original(case).paths()
+        if pairs and samples > 1:
+            names.append(layout.pair_field(sample_id(case.id, samples - 2), sample_id(case.id, samples - 1)))
+        longest = max((Path(n).name for n in names), key=lambda n: len(os.fsencode(n)))
+        if len(os.fsencode(longest)) > limit:
+            raise DRDMError(f"case {case.id}: output file name {longest[:60]}… is too long for the file system of "
+                            f"{out}; shorten the case ID")
 
 
 def _name_max(out: Path) -> int:

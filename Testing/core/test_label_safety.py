@@ -75,6 +75,7 @@ def test_corner_vote_breaks_ties_to_the_lower_value():
     assert int(linear_vote(labels, pos)) == 4
 
 
+@pytest.mark.slow
 def test_many_touching_one_voxel_segments_survive_a_large_deformation(tmp_path):
     array = touching_voxels()
     image, _ = phantom(size=array.shape[::-1])

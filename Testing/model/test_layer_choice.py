@@ -8,12 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
+from conftest import ROOT
 
 from drdm_engine.model.cpu.layer_set import FastLayers
 from drdm_engine.model.layer_choice import LAYERS
 
-ENGINE = Path(__file__).resolve().parents[1] / "drdm_engine"
+ENGINE = ROOT / "drdm_engine"
 
 # The network, its gradients and a short recovery, with the engine found first in ROOT.
 RUN = textwrap.dedent("""
@@ -50,6 +52,7 @@ def _run(root: Path, out: Path) -> dict:
     return torch.load(out)
 
 
+@pytest.mark.slow
 def test_without_the_cpu_folder_the_network_gives_the_reference_outputs_bit_for_bit(tmp_path):
     """A copy of the engine with ``model/cpu/`` deleted, against this checkout's reference path."""
     shutil.copytree(ENGINE, tmp_path / "drdm_engine", ignore=shutil.ignore_patterns("__pycache__", "*.pt"))

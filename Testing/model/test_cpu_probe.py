@@ -56,6 +56,7 @@ def test_every_onednn_kind_works_on_the_pinned_torch(fresh_probe, kind, ndims):
 
 
 @pytest.mark.parametrize("ndims", [2, 3])
+@pytest.mark.slow
 def test_missing_operators_give_pytorch_layers_and_one_line(fresh_probe, monkeypatch, ndims):
     """Every oneDNN operator reported missing: PyTorch's own convolutions throughout, in inference and
     in training, with the reference outputs and gradients; one line for the kind asked, however often."""
@@ -76,6 +77,7 @@ def test_missing_operators_give_pytorch_layers_and_one_line(fresh_probe, monkeyp
         "PyTorch's own convolution runs instead"]
 
 
+@pytest.mark.slow
 def test_a_failing_operator_falls_back_for_its_kind_and_dimension_only(fresh_probe, monkeypatch):
     """As torch 2.4 did: the 3D inference transposed convolution raises. The other oneDNN kernels run."""
     original = onednn.inference_transposed_convolution

@@ -113,6 +113,7 @@ WEIGHT_REORDERS = {"mkldnn::_reorder_convolution_weight", "mkldnn::_reorder_conv
 
 
 @pytest.mark.parametrize("ndims, side", [(2, 16), (3, 16)])
+@pytest.mark.slow
 def test_every_fp32_convolution_runs_through_onednn(ndims, side):
     """A batch-1 pass on a small grid: PyTorch's own dispatch sends the 3x3 convolutions to its slow
     kernels (checked, so that the guard means something); the fast layers send every convolution,

@@ -1,6 +1,7 @@
 """`drdm augment` on awkward inputs and settings: label values beyond 16 bits, one-slice volumes,
-unsupported pixel types, UTF-8 segment names, truncated files, DICOM folders, huge headers, large 2D
-images, bad settings. Each either works exactly or is one `drdm: error:` line with exit code 2."""
+unsupported pixel types, UTF-8 segment names, truncated files, NIfTI files holding NaN, DICOM folders,
+huge headers, large 2D images, bad settings. Each either works exactly or is one `drdm: error:` line
+with exit code 2."""
 from __future__ import annotations
 
 import gzip
@@ -11,24 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import phantom, rotation, samples_of
+from conftest import phantom, refused, rotation, run_cli, samples_of
 
-from drdm_engine.cli import main
 from drdm_engine.core.grid import Geometry
 from drdm_engine.io.read import read_labels
 
 FAST = ["--model", "none", "--size", "16", "--depth", "40"]
-
-
-def augment(capsys, *args) -> tuple[int, list[str]]:
-    code = main(["augment", *map(str, args)])
-    err = capsys.readouterr().err.splitlines()
-    return code, [line for line in err if line.startswith("drdm: error:")]
-
-
-def refused(capsys, fragment: str, *args) -> None:
-    code, errors = augment(capsys, *args)
-    assert code == 2 and len(errors) == 1 and fragment in errors[0], errors
 
 
 def write(image: sitk.Image, path: Path) -> Path:
@@ -53,8 +42,9 @@ def test_any_integer_label_value_is_kept_exactly(tmp_path, capsys, big, dtype):
     array[2:10, 3:11, 4:12] = 5
     array[4:8, 5:9, 6:10] = big
     image_path, labels_path = with_labels(tmp_path, array)
-    code, errors = augment(capsys, image_path, "--labels", labels_path, "--out", tmp_path / "o", "--samples", "2", *FAST)
-    assert code == 0, errors
+    code, err = run_cli(capsys, "augment", image_path, "--labels", labels_path, "--out", tmp_path / "o",
+                        "--samples", "2", *FAST)
+    assert code == 0, err
     for entry in samples_of(manifest(tmp_path / "o")):
         after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / entry["labels"])))
         assert set(np.unique(after).tolist()) == {0, 5, big}
@@ -66,8 +56,9 @@ def test_negative_label_values_are_kept(tmp_path, capsys):
     array[2:10, 3:11, 4:12] = -1
     array[4:8, 5:9, 6:10] = 300
     image_path, labels_path = with_labels(tmp_path, array)
-    code, errors = augment(capsys, image_path, "--labels", labels_path, "--out", tmp_path / "o", "--samples", "1", *FAST)
-    assert code == 0, errors
+    code, err = run_cli(capsys, "augment", image_path, "--labels", labels_path, "--out", tmp_path / "o",
+                        "--samples", "1", *FAST)
+    assert code == 0, err
     after = sitk.ReadImage(str(tmp_path / "o" / samples_of(manifest(tmp_path / "o"))[0]["labels"]))
     assert after.GetPixelID() == sitk.sitkInt16 and set(np.unique(sitk.GetArrayFromImage(after))) == {-1, 0, 300}
 
@@ -76,9 +67,9 @@ def test_a_one_slice_volume_stays_3d_with_its_geometry(tmp_path, capsys):
     image, labels = phantom(size=(60, 50, 1), spacing=(0.8, 0.9, 5.0), origin=(-20.0, 30.0, 142.5),
                             direction=rotation(0.4, 0.2, -0.3))
     ip, lp = write(image, tmp_path / "slice.nii.gz"), write(labels, tmp_path / "slice_labels.nii.gz")
-    code, errors = augment(capsys, ip, "--labels", lp, "--out", tmp_path / "o", "--samples", "1", "--model", "none",
-                           "--size", "32", "--depth", "60")
-    assert code == 0, errors
+    code, err = run_cli(capsys, "augment", ip, "--labels", lp, "--out", tmp_path / "o", "--samples", "1",
+                        "--model", "none", "--size", "32", "--depth", "60")
+    assert code == 0, err
     entry = samples_of(manifest(tmp_path / "o"))[0]
     for key in ("image", "labels", "field"):
         written = sitk.ReadImage(str(tmp_path / "o" / entry[key]))
@@ -101,11 +92,13 @@ def test_unsupported_pixel_types_are_refused(tmp_path, capsys):
     complex_image = sitk.GetImageFromArray((rng.normal(size=(8, 9, 10)) + 1j * rng.normal(size=(8, 9, 10)))
                                            .astype(np.complex64))
     for name in ("c.nrrd", "c.nii.gz"):
-        refused(capsys, "pixel type", write(complex_image, tmp_path / name), "--out", tmp_path / "o", *FAST)
+        refused(capsys, "augment", write(complex_image, tmp_path / name), "--out", tmp_path / "o", *FAST,
+                says="pixel type")
     image, labels = phantom(size=(10, 9, 8))
     ip = write(image, tmp_path / "i.nrrd")
     complex_labels = sitk.RealAndImaginaryToComplex(sitk.Cast(labels, sitk.sitkFloat32), sitk.Cast(labels, sitk.sitkFloat32))
-    refused(capsys, "pixel type", ip, "--labels", write(complex_labels, tmp_path / "cl.nrrd"), "--out", tmp_path / "o", *FAST)
+    refused(capsys, "augment", ip, "--labels", write(complex_labels, tmp_path / "cl.nrrd"), "--out", tmp_path / "o",
+            *FAST, says="pixel type")
     assert not (tmp_path / "o").exists()
 
 
@@ -130,8 +123,8 @@ def test_utf8_segment_names_and_a_segment_without_colour_are_kept(tmp_path, caps
     path.write_bytes(data)
     names = {s["name"] for s in read_labels(path, sitk.ReadImage(str(ip))).segmentation["segments"]}
     assert names == {"body", "tiny 心臓", "Ödem"}
-    code, errors = augment(capsys, ip, "--labels", path, "--out", tmp_path / "o", "--samples", "1", *FAST)
-    assert code == 0, errors
+    code, err = run_cli(capsys, "augment", ip, "--labels", path, "--out", tmp_path / "o", "--samples", "1", *FAST)
+    assert code == 0, err
     entry = samples_of(manifest(tmp_path / "o"))[0]
     written = read_labels(tmp_path / "o" / entry["labels"], sitk.ReadImage(str(ip)))
     assert [s["name"] for s in written.segmentation["segments"]] == ["body", "tiny 心臓", "Ödem"]
@@ -144,7 +137,7 @@ def test_truncated_or_corrupt_files_are_refused(tmp_path, capsys, name):
     data = write(sitk.Cast(image, sitk.sitkFloat32), tmp_path / name).read_bytes()
     cut = tmp_path / f"cut_{name}"
     cut.write_bytes(data[: len(data) // 2])
-    refused(capsys, "truncated", cut, "--out", tmp_path / "o", *FAST)
+    refused(capsys, "augment", cut, "--out", tmp_path / "o", *FAST, says="truncated")
     if name.endswith(".gz"):
         raw = bytearray(gzip.decompress(data))
         raw[len(raw) // 2] ^= 0xFF
@@ -152,13 +145,25 @@ def test_truncated_or_corrupt_files_are_refused(tmp_path, capsys, name):
         damaged[-8:-4] = gzip.compress(gzip.decompress(data))[-8:-4]  # the CRC of the undamaged data
         bad = tmp_path / f"crc_{name}"
         bad.write_bytes(bytes(damaged))
-        refused(capsys, "truncated or corrupt", bad, "--out", tmp_path / "o", *FAST)
+        refused(capsys, "augment", bad, "--out", tmp_path / "o", *FAST, says="truncated or corrupt")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_with_nan_voxels_is_refused(tmp_path, capsys, suffix):
+    """A NIfTI holding NaN voxels must be refused (ITK's reader turns NaN into 0)."""
+    array = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)
+    array[2, 3, 4] = np.nan
+    path = tmp_path / f"nan{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    refused(capsys, "augment", path, "--out", tmp_path / "out", "--model", "none", "--size", "16", "--samples", "1",
+            says="NaN")
+    assert not (tmp_path / "out").exists()
 
 
 def test_labels_without_an_image_are_refused(tmp_path, capsys):
     _, labels_path = with_labels(tmp_path, np.ones((8, 9, 10), np.uint8))
-    refused(capsys, "--labels needs the IMAGE", "--labels", labels_path, "--out", tmp_path / "o")
+    refused(capsys, "augment", "--labels", labels_path, "--out", tmp_path / "o", says="--labels needs the IMAGE")
     assert not (tmp_path / "o").exists()
 
 
@@ -184,9 +189,9 @@ def test_same_seed_same_bytes_without_names_or_times(tmp_path, capsys):
     slicerio.write_segmentation(str(seg), segmentation)
     runs = []
     for out, level in (("a", "1"), ("bb", "1"), ("raw", "0")):
-        code, errors = augment(capsys, tmp_path / "ct.nrrd", "--labels", seg, "--out", tmp_path / out, "--samples", "1",
-                               "--seed", "7", "--field-compression", level, *FAST)
-        assert code == 0, errors
+        code, err = run_cli(capsys, "augment", tmp_path / "ct.nrrd", "--labels", seg, "--out", tmp_path / out,
+                            "--samples", "1", "--seed", "7", "--field-compression", level, *FAST)
+        assert code == 0, err
         runs.append({p.name: p.read_bytes() for p in (tmp_path / out).iterdir() if p.name != "manifest.json"})
     assert runs[0] == runs[1]
     name = next(name for name in runs[0] if name.endswith("_field.nrrd"))
@@ -209,9 +214,9 @@ def test_a_large_2d_image_gets_a_bounded_preview(tmp_path, capsys, monkeypatch):
     y, x = np.mgrid[0:rows, 0:cols]
     image = sitk.GetImageFromArray((np.sin(x / 10.0) * np.cos(y / 14.0) * 1000).astype(np.int16))
     image.SetSpacing((0.15, 0.14))
-    code, errors = augment(capsys, write(image, tmp_path / "xray.nrrd"), "--out", tmp_path / "o", "--samples", "1",
-                           "--model", "none", "--size", "64", "--depth", "40")
-    assert code == 0, errors
+    code, err = run_cli(capsys, "augment", write(image, tmp_path / "xray.nrrd"), "--out", tmp_path / "o",
+                        "--samples", "1", "--model", "none", "--size", "64", "--depth", "40")
+    assert code == 0, err
     from PIL import Image
 
     preview = Image.open(tmp_path / "o" / samples_of(manifest(tmp_path / "o"))[0]["preview"])
@@ -226,25 +231,26 @@ def test_bad_settings_are_one_line(tmp_path, capsys, phantom_files, setting, fra
     args = [phantom_files[0], "--out", tmp_path / "o", "--model", "none", *setting]
     if "--size" not in setting:
         args += ["--size", "16"]
-    refused(capsys, fragment, *args)
+    refused(capsys, "augment", *args, says=fragment)
     assert not (tmp_path / "o").exists()
 
 
 def test_runs_too_large_for_memory_are_refused_before_reading(tmp_path, capsys, phantom_files):
-    refused(capsys, "--samples", phantom_files[0], "--out", tmp_path / "o", "--samples", 10 ** 6, "--model", "none")
+    refused(capsys, "augment", phantom_files[0], "--out", tmp_path / "o", "--samples", 10 ** 6, "--model", "none",
+            says="--samples")
     header = tmp_path / "huge.nhdr"  # 1600^3 voxels announced, 16 bytes of data
     (tmp_path / "huge.raw").write_bytes(bytes(16))
     header.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 1600 1600 1600\nspace: left-posterior-superior\n"
                       "space directions: (1,0,0) (0,1,0) (0,0,1)\nencoding: raw\nendian: little\n"
                       "data file: huge.raw\n\n")
-    code, errors = augment(capsys, header, "--out", tmp_path / "o", "--samples", "1", "--model", "none")
-    assert code == 2 and len(errors) == 1 and "GiB of memory" in errors[0] and "--force-large" in errors[0], errors
+    refused(capsys, "augment", header, "--out", tmp_path / "o", "--samples", "1", "--model", "none",
+            says=("GiB of memory", "--force-large"))
     assert not (tmp_path / "o").exists()
 
 
 def test_a_1x1x1_image_is_reported_with_its_size(tmp_path, capsys):
-    refused(capsys, "size 1 x 1 x 1", write(sitk.Image([1, 1, 1], sitk.sitkInt16), tmp_path / "dot.nrrd"),
-            "--out", tmp_path / "o", *FAST)
+    refused(capsys, "augment", write(sitk.Image([1, 1, 1], sitk.sitkInt16), tmp_path / "dot.nrrd"),
+            "--out", tmp_path / "o", *FAST, says="size 1 x 1 x 1")
 
 
 def write_dicom_series(image: sitk.Image, folder: Path, series: int = 2) -> None:
@@ -278,15 +284,15 @@ def _write_dicom_slices(image: sitk.Image, folder: Path, series: int) -> None:
 def test_folders_are_read_as_dicom_series_or_refused_plainly(tmp_path, capsys, phantom_files):
     image, _ = phantom(size=(24, 20, 12), direction=np.eye(3))
     write_dicom_series(image, tmp_path / "series")
-    code, errors = augment(capsys, tmp_path / "series", "--out", tmp_path / "o", "--samples", "1", *FAST)
-    assert code == 0, errors
+    code, err = run_cli(capsys, "augment", tmp_path / "series", "--out", tmp_path / "o", "--samples", "1", *FAST)
+    assert code == 0, err
     written = sitk.ReadImage(str(tmp_path / "o" / samples_of(manifest(tmp_path / "o"))[0]["image"]))
     assert Geometry.of(written).matches(Geometry.of(image), tol=1e-4)
     write_dicom_series(image, tmp_path / "series", series=3)
-    refused(capsys, "holds 2 DICOM series", tmp_path / "series", "--out", tmp_path / "o2", *FAST)
+    refused(capsys, "augment", tmp_path / "series", "--out", tmp_path / "o2", *FAST, says="holds 2 DICOM series")
     empty = tmp_path / "empty"
     empty.mkdir()
-    refused(capsys, "is a folder", empty, "--out", tmp_path / "o2", *FAST)
-    refused(capsys, "is a folder", phantom_files[0], "--labels", empty, "--out", tmp_path / "o2", *FAST)
-    refused(capsys, "is a folder", phantom_files[0], "--out", tmp_path / "o2", "--model", empty)
+    refused(capsys, "augment", empty, "--out", tmp_path / "o2", *FAST, says="is a folder")
+    refused(capsys, "augment", phantom_files[0], "--labels", empty, "--out", tmp_path / "o2", *FAST, says="is a folder")
+    refused(capsys, "augment", phantom_files[0], "--out", tmp_path / "o2", "--model", empty, says="is a folder")
     assert not (tmp_path / "o2").exists()

@@ -2,14 +2,11 @@
 import copy
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import run_drdm
 from training_fixtures import write_phantoms
 
 from drdm_engine.cli import train as cli
@@ -95,6 +92,7 @@ def test_list_file_and_holdout(data2d):
 
 
 # --- training ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_logs_losses_and_held_out_metrics_per_bucket(data2d):
     """A short run stays near "no motion" (quiet output init; learning itself is the over-fit positive
     control in test_training_recipe.py) and logs every step and the three validation metrics."""
@@ -111,6 +109,7 @@ def test_training_logs_losses_and_held_out_metrics_per_bucket(data2d):
     assert all(-1 <= float(r["cosine"]) <= 1 and float(r["ratio"]) >= 0 for r in validation)
 
 
+@pytest.mark.slow
 def test_3d_steps_give_finite_losses_and_a_loadable_model(tmp_path):
     write_phantoms(tmp_path / "train", (14, 18, 16), 2, spacing=(1.0, 0.8, 2.0))
     config = TrainConfig(data=[str(tmp_path / "train")], size=16, control_size=16, steps=2, out=str(tmp_path / "run"),
@@ -122,6 +121,7 @@ def test_3d_steps_give_finite_losses_and_a_loadable_model(tmp_path):
     assert model.meta.size == 16 and model.meta.control_size == 16 and model.meta.notes["steps"] == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run_exactly(data2d):
     straight = Trainer(config2d(data2d, out=str(data2d / "straight")))
     straight.run()
@@ -162,13 +162,12 @@ def test_fine_tune_from_published_state_dict_starts_from_its_weights(data2d):
 
 
 # --- distributed and evaluate --------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_process_gloo_ddp_run_keeps_ranks_identical(data2d):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "drdm_engine.train", "--data", str(data2d / "train"), "--size", "32", "--steps", "3",
-               "--batch-size", "1", "--out", str(data2d / "ddp"), "--checkpoint-every", "2",
-               "--validate-every", "0", "--no-progress", "--device", "cpu"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = run_drdm("--data", data2d / "train", "--size", "32", "--steps", "3", "--batch-size", "1",
+                    "--out", data2d / "ddp", "--checkpoint-every", "2", "--validate-every", "0", "--no-progress",
+                    "--device", "cpu", launcher=torchrun, module="drdm_engine.train")
     assert done.returncode == 0, done.stderr[-2000:]
     _, training = load_checkpoint(data2d / "ddp" / "checkpoint.pt", ndims=2, with_training=True)
     digests = training["weights_digest_per_rank"]
@@ -222,6 +221,7 @@ def _poisoned_at(steps: set[int]):
     return batch
 
 
+@pytest.mark.slow
 def test_a_non_finite_batch_is_skipped_counted_and_training_goes_on(data2d, monkeypatch):
     """The batch of step 3 gives a NaN loss: that step changes no weight and no Adam state, the log row
     counts it, the checkpoint keeps the count, and the steps after it train as usual."""
@@ -252,6 +252,7 @@ def test_a_non_finite_batch_is_skipped_counted_and_training_goes_on(data2d, monk
     assert trainer.skipped == training["skipped"] == 1 and training["step"] == 5
 
 
+@pytest.mark.slow
 def test_a_run_whose_batches_all_fail_stops_after_validating_and_saving(data2d, monkeypatch):
     from drdm_engine.training import trainer as trainer_module
 
@@ -281,6 +282,7 @@ def test_an_error_during_training_saves_the_last_finished_step(data2d, monkeypat
     assert training["step"] == 2 and "stopped by RuntimeError at step 2; saved" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_log_rows_every_k_steps_hold_the_means_of_their_steps(data2d, monkeypatch):
     """One row per K steps (and at the end): the mean of the steps' loss terms and t, the last step's
     learning rate; the steps themselves read nothing from the device."""
@@ -320,6 +322,7 @@ def test_training_steps_run_under_the_training_flags_which_are_restored_after(da
     assert seen == [TRAINING_FLAGS, TRAINING_FLAGS] and BackendFlags.current() == before
 
 
+@pytest.mark.slow
 def test_reseeded_resume_continues_schedule_and_state_with_new_batches(data2d):
     """A resumed run with a fresh seed keeps the step count, the Adam state and the warm-up position, and
     draws other batches than the saved streams would (recorded in the seed history)."""
@@ -339,6 +342,7 @@ def test_reseeded_resume_continues_schedule_and_state_with_new_batches(data2d):
     assert {float(s["step"]) for s in training["optimizer"]["state"].values()} == {4.0}
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_fused_cuda_optimizer_resumes_on_the_cpu(data2d):
     """A GPU run saves fused Adam's state (its step counters on the GPU); resumed on the CPU the optimiser
     stays the CPU's own, and an old log keeps its columns."""
@@ -394,6 +398,7 @@ def test_a_fused_optimizer_skips_a_non_finite_step_on_the_device():
     assert not torch.equal(kept[0]["weight"], net.weight) and float(optimizer.state_dict()["state"][0]["step"]) == 2
 
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu_with_a_fresh_field_stream(data2d, capsys):
     """A CUDA generator's state (16 bytes) does not fit the CPU's: the field stream starts afresh with a
     note instead of the run being refused as corrupt."""

@@ -1,7 +1,7 @@
 """A stand-in Slicer application around real parts, for tests of the module file ``DRDMSlicer.py``.
 
 Real: MRML (slicer-core), ``slicer.util``, and Slicer's own ``slicer.parameterNodeWrapper`` of a
-given release (``../shared/slicer/<tag>``). Stand-ins (``Testing/slicer_app``): the Qt/CTK widget
+given release (``../shared/slicer/<tag>``). Stand-ins (``Testing/slicer_module/slicer_app``): the Qt/CTK widget
 classes and ``.ui`` loader, ``slicer.app`` (version, ``processEvents``), ``slicer.modules.sequences``,
 the ``ScriptedLoadableModule`` base classes, ``slicer.i18n`` and ``PyTorchUtils``.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-STANDIN = ROOT / "Testing" / "slicer_app"
+STANDIN = Path(__file__).with_name("slicer_app")
 # ``../shared/slicer`` beside the repository (a worktree one level deeper looks one level up as well).
 WRAPPERS = next((base / "shared" / "slicer" for base in (ROOT.parent, ROOT.parent.parent)
                  if (base / "shared" / "slicer").is_dir()), ROOT.parent / "shared" / "slicer")

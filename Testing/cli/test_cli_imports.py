@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -18,6 +19,7 @@ def test_importing_the_package_and_its_cli_does_not_import_torch():
     assert "torch" not in _modules_after("import drdm_engine, drdm_engine.cli.commands, drdm_engine.core.errors")
 
 
+@pytest.mark.slow
 def test_augment_does_not_import_the_trainer():
     loaded = _modules_after("from drdm_engine.cli.commands import main; main(['augment', '--samples', '0', '--out', 'unused'])")
     assert "drdm_engine.warp.case" in loaded

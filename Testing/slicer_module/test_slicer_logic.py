@@ -2,6 +2,7 @@
 geometry, segments, display, export and read-back, cancellation and error messages."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ sitk = pytest.importorskip("SimpleITK")
 
 from conftest import ROOT, blobImage  # noqa: E402
 
-FAKE_WORKER = str(ROOT / "Testing" / "fake_drdm_worker.py")
+FAKE_WORKER = str(Path(__file__).with_name("fake_drdm_worker.py"))
 INTERIOR = (slice(3, -3),) * 3
 
 
@@ -202,6 +203,7 @@ def test_bad_settings_and_overlapping_segments_are_refused(scene, case):
         fakeLogic().start(volume, overlapping)
 
 
+@pytest.mark.slow
 def test_real_engine_diffusion_only_reproduced_by_hardening(scene, tmp_path):
     """The real ``python -m drdm_engine augment`` (diffusion only, small depth) through the logic."""
     from DRDMSlicerLib import DRDMLogic

@@ -52,6 +52,7 @@ def test_diffused_image_matches_published(published):
     assert np.abs(diffused - data["recover_img_diff_T48"]).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_full_recovery_matches_published_statistically(published):
     """80 recovery steps from the published start field (2D cardiac config: zero-padded composition).
 

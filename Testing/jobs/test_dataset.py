@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import refused, run_drdm
 from dataset_fixtures import build_nnunet, chest_case, tree
 
 from drdm_engine.cli import main
@@ -115,27 +119,21 @@ def test_folder_with_label_pattern_and_errors(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "o/labels").iterdir()) == names
     assert sorted(p.name for p in (tmp_path / "o/images").iterdir())[0] == "p0_drdm000.nrrd"
     capsys.readouterr()
-    assert augment(images, "--labels-dir", labels, "--labels-pattern", "{case}_mask.nrrd", "--out", tmp_path / "x") == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
-    assert len(err) == 1 and "no label file" in err[0] and not (tmp_path / "x").exists()
+    refused(capsys, "augment", images, "--labels-dir", labels, "--labels-pattern", "{case}_mask.nrrd", "--out",
+            tmp_path / "x", *ARGS, says="no label file")
+    assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_same_files_whatever_the_number_of_processes(nnunet, tmp_path):
     """torchrun with 1 and 2 gloo processes (cases sharded by rank) and 2 CPU workers give the same bytes."""
-    import os
-    import subprocess
-    import sys
-
     data, _ = nnunet
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     outputs = {}
     for name, launcher in (("torchrun1", ["-m", "torch.distributed.run", "--nproc_per_node", "1"]),
                            ("torchrun2", ["-m", "torch.distributed.run", "--nproc_per_node", "2"]),
                            ("workers2", [])):
         extra = ["--workers", "2"] if name == "workers2" else []
-        command = [sys.executable, *launcher, "-m", "drdm_engine.cli", "augment", str(data), "--out",
-                   str(tmp_path / name), "--device", "cpu", *ARGS, *extra]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        done = run_drdm("augment", data, "--out", tmp_path / name, "--device", "cpu", *ARGS, *extra, launcher=launcher)
         assert done.returncode == 0, done.stderr[-2000:]
         outputs[name] = tree(tmp_path / name)
         manifest = json.loads(outputs[name].pop(MANIFEST))
@@ -151,29 +149,20 @@ def test_a_bad_case_stops_the_run_with_one_line_and_keeps_finished_cases(tmp_pat
     labels.SetOrigin(tuple(o + 7 for o in labels.GetOrigin()))
     sitk.WriteImage(labels, str(data / "labelsTr/chest2.nii.gz"))
     capsys.readouterr()
-    assert augment(data, "--out", tmp_path / "o") == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
-    assert len(errors) == 1 and "case chest2" in errors[0] and "do not lie on the image grid" in errors[0]
-    assert "rerun the same command to resume" in errors[0]
+    refused(capsys, "augment", data, "--out", tmp_path / "o", *ARGS,
+            says=("case chest2", "do not lie on the image grid", "rerun the same command to resume"))
     assert sorted(p.name for p in (tmp_path / "o/.drdm_state/cases").iterdir()) == ["chest0.json", "chest1.json"]
     assert not (tmp_path / "o/imagesTr/chest2_drdm000_0000.nii.gz").exists()
     assert not (tmp_path / "o" / MANIFEST).exists()
 
 
-def test_ctrl_c_keeps_finished_cases_and_a_rerun_completes_them(nnunet, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_cases_and_a_rerun_completes_them(nnunet, tmp_path, drdm_process):
     """A real SIGINT during the run: exit 130, no staging left; rerunning gives the uninterrupted run's files."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     data, out = nnunet
     target = tmp_path / "o"
-    command = [sys.executable, "-m", "drdm_engine.cli", "augment", str(data), "--out", str(target), "--copy-originals",
-               *ARGS]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    argv = ["augment", data, "--out", target, "--copy-originals", *ARGS]
+    process = drdm_process(*argv, threads=None, stdout=subprocess.DEVNULL)
     first = target / ".drdm_state/cases/chest0.json"
     while not first.exists() and process.poll() is None:
         time.sleep(0.01)
@@ -184,7 +173,7 @@ def test_ctrl_c_keeps_finished_cases_and_a_rerun_completes_them(nnunet, tmp_path
         assert "rerun the same command to resume" in err
         assert not (target / MANIFEST).exists()
     assert not list(target.glob(".drdm-staging-*"))
-    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    assert run_drdm(*argv, threads=None).returncode == 0
     assert {k: v for k, v in tree(target).items() if k != MANIFEST} == {k: v for k, v in tree(out).items() if k != MANIFEST}
 
 
@@ -206,44 +195,33 @@ def test_list_files_and_their_errors(tmp_path, capsys):
     evil = tmp_path / "evil.csv"
     evil.write_text("case,image\n../escape,c0.nii.gz\n")
     capsys.readouterr()
-    assert augment(evil, "--out", tmp_path / "o") == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
-    assert len(errors) == 1 and "cannot name files" in errors[0] and not (tmp_path / "o").exists()
+    refused(capsys, "augment", evil, "--out", tmp_path / "o", *ARGS, says="cannot name files")
+    assert not (tmp_path / "o").exists()
     missing = tmp_path / "missing.txt"
     missing.write_text("c0.nii.gz\nc9.nii.gz\n")
     assert augment(missing, "--out", tmp_path / "o") == 2
     assert "case c9: file not found" in capsys.readouterr().err
 
 
-def test_a_dataset_folder_in_use_is_refused(nnunet, tmp_path):
+@pytest.mark.slow
+def test_a_dataset_folder_in_use_is_refused(nnunet, tmp_path, drdm_process):
     """A second dataset run into the folder of a running one (stopped with SIGSTOP at its first progress
     line, so the test does not race it) is refused with one line, as for one image; the first then
     finishes, and its lock is gone."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     data, _ = nnunet
     target = tmp_path / "o"
-    command = [sys.executable, "-m", "drdm_engine.cli", "augment", str(data), "--out", str(target), *ARGS]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in first.stdout:
-            if line.startswith("drdm-progress"):
-                first.send_signal(signal.SIGSTOP)
-                break
-        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        assert second.returncode == 2
-        assert second.stderr.strip().splitlines() == [second.stderr.strip()]
-        assert "is in use by another drdm run" in second.stderr
-        first.send_signal(signal.SIGCONT)
-        first.communicate(timeout=300)
-        assert first.returncode == 0
-        assert not (target / ".drdm-lock").exists()
-        assert (target / MANIFEST).is_file()
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+    argv = ["augment", data, "--out", target, *ARGS]
+    first = drdm_process(*argv, threads=None)
+    for line in first.stdout:
+        if line.startswith("drdm-progress"):
+            first.send_signal(signal.SIGSTOP)
+            break
+    second = run_drdm(*argv, threads=None)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [second.stderr.strip()]
+    assert "is in use by another drdm run" in second.stderr
+    first.send_signal(signal.SIGCONT)
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    assert not (target / ".drdm-lock").exists()
+    assert (target / MANIFEST).is_file()

@@ -112,6 +112,7 @@ def read_labels_from(label_image, image, tmp_path):
     return read_labels(tmp_path / "l.nrrd", read_image(tmp_path / "i.nrrd", pixel_type=None))
 
 
+@pytest.mark.slow
 def test_same_seed_same_samples_bitwise(tmp_path, phantom_files):
     _, first = run(tmp_path, *phantom_files, out="a")
     _, second = run(tmp_path, *phantom_files, out="b")
@@ -171,6 +172,7 @@ def test_diffusion_only_sampling_never_reads_the_image(monkeypatch, phantom_file
     assert composed.shape == (2, 3, 16, 16, 16) and bool(composed.abs().max() > 0)
 
 
+@pytest.mark.slow
 def test_2d_augment_with_the_imported_published_model(tmp_path, reference, capsys):
     model = tmp_path / "cmr.pt"
     assert main(["import-checkpoint", str(reference / "drdm_cmr_2d_published.pth"), str(model), "--size", "256",

@@ -93,6 +93,7 @@ def _start(batch: int, ndims: int, side: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 @pytest.mark.parametrize("ndims, side", [(2, 32), (3, 16)])
+@pytest.mark.slow
 def test_fast_recovery_matches_reference_recovery(ndims, side):
     """8 recovery steps of a random network amplify the fast layers' 1e-6 rounding differences (as
     batching does: 4 vox at one 2D pixel), so the fields are compared on average."""
@@ -131,6 +132,7 @@ def test_fast_instance_norm_centres_features_far_from_zero(batch):
     assert (got - exact).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_fast_layers_train_like_pytorch_layers():
     model = _model(3).train()
     image = torch.rand(1, 1, 16, 16, 16)
@@ -143,6 +145,7 @@ def test_fast_layers_train_like_pytorch_layers():
     assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
 
 
+@pytest.mark.slow
 def test_batched_recovery_matches_one_at_a_time():
     image, field = _start(3, 3, 16)
     batched = _recover(sampler.RecoverySettings(), image, field)
@@ -165,6 +168,7 @@ def test_recovery_on_cuda_matches_cpu():
     assert got.device.type == "cuda" and (got.cpu() - expected).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_published_network_parity_on_the_fast_path(reference):
     fixture = np.load(reference / "parity_2d_cmr.npz")
     model = RecResACNet(2)

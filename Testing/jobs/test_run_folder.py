@@ -4,45 +4,18 @@ run, a full disk is one line, and a folder in an output's place is refused."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ROOT, phantom, samples_of
+from conftest import error_lines, phantom, refused, samples_of
 
 from drdm_engine.cli import main
 
 RUN = ["--samples", "6", "--depth", "40", "--model", "none", "--size", "32", "--progress-lines"]
-
-
-def command(*args) -> list[str]:
-    return [sys.executable, "-m", "drdm_engine", "augment", *map(str, args)]
-
-
-def environment() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture()
-def start():
-    """Start `drdm augment` processes; any still running (or stopped) at the end is killed."""
-    started = []
-
-    def run(*args) -> subprocess.Popen:
-        started.append(subprocess.Popen(command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=environment()))
-        return started[-1]
-
-    yield run
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 def pause_at(process: subprocess.Popen, text: str) -> None:
@@ -75,9 +48,10 @@ def case(tmp_path):
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
-def test_a_terminated_run_removes_what_it_wrote_and_the_next_run_works(tmp_path, case, stop, start):
+@pytest.mark.slow
+def test_a_terminated_run_removes_what_it_wrote_and_the_next_run_works(tmp_path, case, stop, drdm_process):
     out = tmp_path / "a" / "b" / "c"
-    run = start(case[0], "--labels", case[1], "--out", out, *RUN)
+    run = drdm_process("augment", case[0], "--labels", case[1], "--out", out, *RUN)
     pause_at(run, "sample 2/6 done")
     assert any((tmp_path / "a").rglob("*.nrrd"))  # the run has written files
     err = stop_and_finish(run, stop)
@@ -89,22 +63,22 @@ def test_a_terminated_run_removes_what_it_wrote_and_the_next_run_works(tmp_path,
                                                             "case_drdm_000_preview.png", "manifest.json"])
 
 
-def test_a_folder_in_use_is_refused_and_a_stopped_overwrite_leaves_the_previous_run(tmp_path, case, capsys, start):
+@pytest.mark.slow
+def test_a_folder_in_use_is_refused_and_a_stopped_overwrite_leaves_the_previous_run(tmp_path, case, capsys,
+                                                                                       drdm_process):
     out = tmp_path / "o"
-    first = start(case[0], "--out", out, *RUN)
+    first = drdm_process("augment", case[0], "--out", out, *RUN)
     pause_at(first, "sample 1/6 done")
     for overwrite in ([], ["--overwrite"]):
-        code = main(["augment", str(case[0]), "--out", str(out), "--samples", "1", "--model", "none", "--size", "32",
-                     *overwrite])
-        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
-        assert code == 2 and len(errors) == 1 and "in use by another drdm run" in errors[0], errors
+        refused(capsys, "augment", case[0], "--out", out, "--samples", "1", "--model", "none", "--size", "32",
+                *overwrite, says="in use by another drdm run")
     first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     finished = snapshot(out)
     assert len(samples_of(json.loads(finished["manifest.json"]))) == 6
 
-    again = start(case[0], "--out", out, "--overwrite", "--seed", "9", *RUN)
+    again = drdm_process("augment", case[0], "--out", out, "--overwrite", "--seed", "9", *RUN)
     pause_at(again, "sample 3/6 done")
     stop_and_finish(again, signal.SIGINT)
     assert again.returncode == 130
@@ -115,45 +89,29 @@ def test_a_folder_where_an_output_file_goes_is_refused_before_any_work(tmp_path,
     out = tmp_path / "o"
     (out / "case_drdm_000_field.nrrd").mkdir(parents=True)
     (out / "case_drdm_000_field.nrrd" / "keep.txt").write_text("mine")
-    code = main(["augment", str(case[0]), "--out", str(out), "--samples", "1", "--model", "none", "--size", "32",
-                 "--overwrite"])
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
-    assert code == 2 and len(errors) == 1 and "not a regular file" in errors[0]
+    refused(capsys, "augment", case[0], "--out", out, "--samples", "1", "--model", "none", "--size", "32",
+            "--overwrite", says="not a regular file")
     assert sorted(p.name for p in out.rglob("*")) == ["case_drdm_000_field.nrrd", "keep.txt"]
 
 
-def small_file_system(path: Path, megabytes: int) -> Path:
-    """A tmpfs of ``megabytes`` mounted at ``path`` (root only)."""
-    path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    return path
-
-
-def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys):
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, small_disk):
     image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(40, 64, 64)).astype(np.float32))
     sitk.WriteImage(image, str(tmp_path / "big.nrrd"))
-    disk = small_file_system(tmp_path / "disk", 2)
-    try:
-        args = ["augment", str(tmp_path / "big.nrrd"), "--out", str(disk / "o"), "--samples", "2", "--model", "none",
-                "--size", "16"]
-        assert main(args) == 2
-        assert "this run writes about" in capsys.readouterr().err  # the disk guard, before any work
-        assert main(args + ["--force-large"]) == 2  # the user insisted: the real write fails
-        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("drdm: error:")]
-        assert len(errors) == 1 and "No space left on device" in errors[0] and "MiB free" in errors[0], errors
-        assert list(disk.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+    args = ["augment", str(tmp_path / "big.nrrd"), "--out", str(small_disk / "o"), "--samples", "2", "--model", "none",
+            "--size", "16"]
+    assert main(args) == 2
+    assert "this run writes about" in capsys.readouterr().err  # the disk guard, before any work
+    # the user insisted: the real write fails
+    refused(capsys, *args, "--force-large", says=("No space left on device", "MiB free"))
+    assert list(small_disk.iterdir()) == []
 
 
-def test_a_killed_run_leaves_no_visible_file_and_does_not_block_the_next(tmp_path, case, start, capsys):
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_visible_file_and_does_not_block_the_next(tmp_path, case, drdm_process, capsys):
     """SIGKILL (what a cancel button may send) cannot be handled: only the hidden staging folder stays,
     the OS releases the lock, and the next run into the folder works without --overwrite."""
     out = tmp_path / "o"
-    run = start(case[0], "--out", out, *RUN)
+    run = drdm_process("augment", case[0], "--out", out, *RUN)
     pause_at(run, "sample 2/6 done")
     stop_and_finish(run, signal.SIGKILL)
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
@@ -161,18 +119,20 @@ def test_a_killed_run_leaves_no_visible_file_and_does_not_block_the_next(tmp_pat
     assert len(samples_of(json.loads((out / "manifest.json").read_text()))) == 1
 
 
-def test_two_runs_started_together_into_a_new_folder_one_wins(tmp_path, case, start):
+@pytest.mark.slow
+def test_two_runs_started_together_into_a_new_folder_one_wins(tmp_path, case, drdm_process):
     out = tmp_path / "new" / "o"
-    runs = [start(case[0], "--out", out, *RUN) for _ in range(2)]
+    runs = [drdm_process("augment", case[0], "--out", out, *RUN) for _ in range(2)]
     results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
     assert sorted(code for code, _ in results) == [0, 2], results
     refusal = next(err for code, err in results if code == 2)
-    errors = [line for line in refusal.splitlines() if line.startswith("drdm: error:")]
+    errors = error_lines(refusal)
     assert len(errors) == 1 and ("in use by another drdm run" in errors[0] or "already exists" in errors[0])
     assert len(samples_of(json.loads((out / "manifest.json").read_text()))) == 6
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow
 def test_overwrite_with_fewer_samples_names_the_earlier_files_it_leaves(tmp_path, case, capsys):
     """`--overwrite` replaces same-named outputs only: sample files of an earlier run with more samples
     stay (nothing a run did not write is deleted), and the run says so in one line."""

@@ -37,6 +37,7 @@ def _fixed_batch(size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return diffuse(images, full), t, clean
 
 
+@pytest.mark.slow
 def test_quiet_output_init_overfits_one_fixed_batch():
     """Positive control: with the output convolution near zero, 80 Adam steps on one fixed 32² batch
     bring the MRSE clearly down and the cosine towards -1. PyTorch's default init starts ~1e4 off."""
@@ -100,6 +101,7 @@ def test_cache_round_trip_keeps_subjects_held_out_and_resizes(cache2d):
     assert load_cache(cache2d, 16)[0].volumes.shape == (3, 1, 16, 16)
 
 
+@pytest.mark.slow
 def test_trainer_draws_t_from_one_and_records_amplitude_two(cache2d, tmp_path):
     config = TrainConfig(data=[str(cache2d)], size=16, batch_size=400, steps=1, out=str(tmp_path / "run"),
                          progress=False, augment=False, validate_every=0)
@@ -169,6 +171,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_training_from_a_cache_runs_without_simpleitk(cache2d, tmp_path):
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-c", BLOCK_SIMPLEITK, "--data", str(cache2d), "--size", "16",
@@ -234,6 +237,7 @@ def dry_run(tmp_path_factory):
     return out, json.loads((out / "gpu_session.json").read_text())
 
 
+@pytest.mark.slow
 def test_gpu_session_script_dry_run_without_simpleitk(dry_run):
     """Every stage passes on a machine shaped like the device (no SimpleITK, no slicerio); it continues
     training_data/default3d_latest.pt when that exists; a NaN batch is skipped with the weights and Adam
@@ -249,6 +253,7 @@ def test_gpu_session_script_dry_run_without_simpleitk(dry_run):
     assert load_checkpoint(out / "default3d" / "model.pt", ndims=3).meta.amplitude == 2.0
 
 
+@pytest.mark.slow
 def test_gpu_session_ends_within_its_budget_and_its_files_come_back(dry_run):
     """Training stops when the measured validation, folding and save time (x1.5) is left; what is written
     fits what a device call returns: at most 8 files of at most 16 MiB (checkpoint.pt has the real
@@ -263,6 +268,7 @@ def test_gpu_session_ends_within_its_budget_and_its_files_come_back(dry_run):
     assert 15 * 2 ** 20 < (out / "default3d" / "checkpoint.pt").stat().st_size <= 16 * 2 ** 20
 
 
+@pytest.mark.slow
 def test_gpu_session_trains_with_the_batch_and_flags_it_timed(dry_run):
     """The timings try each batch under the Trainer's own flags and training uses the one the rule picks."""
     gpu_session = _load_gpu_session()
@@ -298,6 +304,7 @@ def test_gpu_session_batch_rule():
     assert choose({8: {"error": "out of memory"}}, 8) == 8
 
 
+@pytest.mark.slow
 def test_gpu_session_resumes_the_full_checkpoint_with_a_fresh_seed(dry_run, tmp_path):
     """A second session continues the first one's checkpoint: step count, Adam state and the warm-up
     schedule go on (no restart at step 0 and the first warm-up rate), with its own seed added to the
@@ -323,6 +330,7 @@ def test_gpu_session_resumes_the_full_checkpoint_with_a_fresh_seed(dry_run, tmp_
     assert adam_steps == {training["steps"] - training["skipped_batches"]}
 
 
+@pytest.mark.slow
 def test_gpu_session_without_cuda_stops_at_once_with_one_line(tmp_path):
     """Not a dry run and no CUDA visible: one error line, nothing run, no report written."""
     out = tmp_path / "out"

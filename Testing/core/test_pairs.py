@@ -10,6 +10,8 @@ from dataset_fixtures import chest_case
 
 from drdm_engine.cli import main
 
+pytestmark = pytest.mark.slow  # every test reads the pairs of one `drdm augment --pairs` run
+
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):

@@ -3,6 +3,7 @@ launcher (``fake_pythonslicer.py``: the real command runs as its child and share
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,8 +12,8 @@ sitk = pytest.importorskip("SimpleITK")
 
 from conftest import ROOT, blobImage  # noqa: E402
 
-FAKE_WORKER = str(ROOT / "Testing" / "fake_drdm_worker.py")
-LAUNCHER = str(ROOT / "Testing" / "fake_pythonslicer.py")
+FAKE_WORKER = str(Path(__file__).with_name("fake_drdm_worker.py"))
+LAUNCHER = str(Path(__file__).with_name("fake_pythonslicer.py"))
 
 
 @pytest.fixture
@@ -53,6 +54,7 @@ def childPid(generation, seconds: float = 30.0) -> int:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process checks through /proc and signals")
+@pytest.mark.slow
 def test_cancel_kills_the_launcher_and_its_child_and_returns_at_once(scene, volume, monkeypatch):
     monkeypatch.setenv("DRDM_FAKE_SLEEP", "20")
     before = scene.GetNumberOfNodes()
@@ -85,6 +87,7 @@ def test_worker_is_started_as_its_own_process_tree_without_a_console_window():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and signals")
+@pytest.mark.slow
 def test_cancel_lets_the_real_engine_remove_its_staging_folder(tmp_path):
     """Cancel sends SIGTERM first: the engine (here behind the stand-in launcher) cleans up its staging
     folder and lock, then the group is killed. SIGKILL alone leaves a hidden staging folder behind."""

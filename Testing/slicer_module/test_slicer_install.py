@@ -1,6 +1,6 @@
 """The extension as the Extensions Manager installs it: the layout comes from the CMake files themselves
 (real ``cmake`` configuring the extension against the stand-in Slicer CMake package in
-``Testing/slicer_cmake``, then ``cmake --install`` into a temporary prefix), and the module library and
+``Testing/slicer_module/slicer_cmake``, then ``cmake --install`` into a temporary prefix), and the module library and
 the engine are imported and run from that layout only (``python -S``, a clean ``PYTHONPATH``), with the
 repository and its editable install out of the way."""
 import importlib.util
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # real cmake configures and installs the extension
 
 LIB_DIR = Path("lib") / "Slicer-5.10" / "qt-scripted-modules"
 # Packages the engine and the module library import that Slicer itself ships (torch comes from the
@@ -34,7 +36,7 @@ def installed(tmp_path_factory) -> Path:
     cmake = cmakeExecutable()
     build, prefix = tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("prefix")
     run = lambda *args: subprocess.run([cmake, *args], capture_output=True, text=True, timeout=300)
-    configured = run("-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={ROOT / 'Testing' / 'slicer_cmake'}",
+    configured = run("-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={Path(__file__).with_name('slicer_cmake')}",
                      "-DBUILD_TESTING=OFF")
     assert configured.returncode == 0, configured.stdout + configured.stderr
     done = run("--install", str(build), "--prefix", str(prefix))

@@ -18,6 +18,7 @@ def test_recovery_precision_choice():
         recovery_dtype("fp8", CPU)
 
 
+@pytest.mark.slow
 def test_published_network_under_bf16_keeps_its_input_block_in_fp32(reference):
     """One network pass on the parity images (t = 40) under bf16 autocast: the first block sees the
     image in fp32, the rest runs in bf16, and the output stays within 15 % (relative L2) of fp32

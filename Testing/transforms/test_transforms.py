@@ -1,4 +1,5 @@
-"""MONAI `RandDRDMd` and TorchIO `RandomDRDM` in real pipelines on the (subsampled) chest CT."""
+"""MONAI `RandDRDMd` and TorchIO `RandomDRDM` in real pipelines on the (subsampled) chest CT, and how
+`RandDRDMd` treats missing keys."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,6 +40,7 @@ def only_field(engine):
     return next(reversed(engine.fields.values()))
 
 
+@pytest.mark.slow
 def test_monai_compose_dataloader_workers_and_set_determinism(chest_files, tmp_path):
     pytest.importorskip("monai")
     from monai.data import DataLoader, Dataset
@@ -148,3 +150,37 @@ def test_inverse_field_inverts_in_simpleitk(tmp_path):
         errors.append(np.linalg.norm(transforms[0].TransformPoint(transforms[1].TransformPoint(tuple(x))) - x))
         motion.append(np.linalg.norm(transforms[0].TransformPoint(tuple(x)) - x))
     assert np.mean(motion) > 3 and np.mean(errors) < 0.05 * np.mean(motion)
+
+
+def _monai_input():
+    pytest.importorskip("monai")
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.normal(size=(1, 16, 16, 8)).astype(np.float32))
+    label = torch.zeros((1, 16, 16, 8), dtype=torch.uint8)
+    label[0, 4:12, 4:12, 2:6] = 1
+    return image, label
+
+
+def test_monai_transform_raises_key_error_for_a_missing_label_key():
+    """Wrong results: RandDRDMd(label_keys="labels") on a dict with key `label` must raise KeyError."""
+    image, label = _monai_input()
+    from drdm_engine.transforms.monai import RandDRDMd
+
+    transform = RandDRDMd(keys="image", label_keys="labels", size=16, depth=30)
+    transform.set_random_state(0)
+    with pytest.raises(KeyError):
+        out = transform({"image": image, "label": label})
+        moved = not torch.equal(out["image"], image)
+        pytest.fail(f"no KeyError: image deformed={moved}, label deformed={not torch.equal(out['label'], label)}")
+
+
+def test_monai_transform_allow_missing_keys_returns_the_dict_unchanged():
+    """Wrong results: RandDRDMd(allow_missing_keys=True) with none of its keys present returns the dict."""
+    pytest.importorskip("monai")
+    from drdm_engine.transforms.monai import RandDRDMd
+
+    transform = RandDRDMd(keys="image", label_keys="label", size=16, depth=30, allow_missing_keys=True)
+    transform.set_random_state(0)
+    data = {"other": torch.ones(3)}
+    out = transform(data)
+    assert set(out) == {"other"} and torch.equal(out["other"], data["other"])

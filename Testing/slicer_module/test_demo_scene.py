@@ -10,6 +10,7 @@ pytest.importorskip("slicerio")
 from conftest import ROOT  # noqa: E402
 
 
+@pytest.mark.slow
 def test_demo_scene_saves_and_reloads(scene, tmp_path, monkeypatch):
     import slicer
 

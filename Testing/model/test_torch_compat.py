@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import tomllib
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from drdm_engine.core.version import MINIMUM_TORCH
 from drdm_engine.model import compat
 from drdm_engine.model.precision import native_bf16
 
-ROOT = Path(__file__).resolve().parents[1]
 MINIMUM = ".".join(map(str, MINIMUM_TORCH))
 
 
