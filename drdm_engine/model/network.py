@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..core import fields
+from ..core.defaults import TIMESTEPS
 from .layer_choice import LAYERS
 
 EMBED_DIM = 100
@@ -67,7 +68,7 @@ class RecResACNet(nn.Module):
     ``d <- compose(d, d_k)``. Each pass's output is clamped to ``±(N-1)/N``.
     """
 
-    def __init__(self, ndims: int, timesteps: int = 80, in_channels: int = 1, rec_num: int = 2):
+    def __init__(self, ndims: int, timesteps: int = TIMESTEPS, in_channels: int = 1, rec_num: int = 2):
         super().__init__()
         if ndims not in (2, 3):
             raise ValueError(f"ndims must be 2 or 3, got {ndims}")
