@@ -145,6 +145,10 @@ class DRDMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DRDMSlicerLogic()
+        self.ui.depthSlider.maximum = MAX_DEPTH  # the engine's range and default (drdm_engine/core/defaults.py)
+        self.ui.depthSlider.value = DEFAULT_DEPTH
+        self.ui.depthSlider.toolTip = (f"Diffusion depth T0 (1-{MAX_DEPTH}): larger gives larger, more varied "
+                                       f"deformations")
         self.ui.progressBar.setVisible(False)
         self.ui.generateButton.connect("clicked(bool)", self.onGenerate)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)

@@ -3,6 +3,7 @@ real files, a real MRML scene from the slicer-core wheel, and the ways tests run
 process or as a child process) and check its one-line refusals."""
 from __future__ import annotations
 
+import locale
 import os
 import resource
 import signal
@@ -231,3 +232,31 @@ def blobImage(shape=(16, 20, 24), spacing=(1.5, 1.2, 2.0), origin=(10.0, -20.0, 
     c, s = np.cos(angle), np.sin(angle)
     image.SetDirection((c, -s, 0, s, c, 0, 0, 0, 1))
     return image
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, series: int = 2) -> None:
+    """One DICOM file per slice with the tags that carry geometry. GDCM's writer switches the process
+    to the C locale; the caller's locale is put back."""
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:
+        _write_dicom_slices(image, folder, series)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(image: sitk.Image, folder: Path, series: int) -> None:
+    folder.mkdir(exist_ok=True)
+    direction = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        for tag, value in {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+                           "0020|000e": f"1.2.826.0.1.3680043.2.1125.1.{series}", "0020|0013": str(k + 1),
+                           "0020|0037": "\\".join(f"{v:.6f}" for v in direction[0::3][:3] + direction[1::3][:3]),
+                           "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
+                           "0018|0050": str(image.GetSpacing()[2]), "0008|0018": f"1.2.826.0.1.3680043.2.1125.{series}.3.{k}"
+                           }.items():
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"series{series}_slice{k:03d}.dcm"))
+        writer.Execute(slice_)

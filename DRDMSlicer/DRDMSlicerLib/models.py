@@ -31,7 +31,7 @@ def cardSummary(card: Path) -> str:
 
 
 def bundledModels(engineFolder: str | None = None) -> list[ModelChoice]:
-    """The engine's bundled volume (3D) models present in this installation; 2D models never apply to a
-    Slicer volume."""
+    """The engine's bundled 3D models present in this installation (what the panel offers for volumes; a 2D
+    model, e.g. for a one-slice volume, is chosen with Browse...)."""
     registry = engineModule("model/registry.py", engineFolder)
     return [ModelChoice(model.name, str(model.path), cardSummary(model.card)) for model in registry.bundled_models(3)]

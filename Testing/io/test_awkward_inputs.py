@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import locale
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import phantom, refused, rotation, run_cli, samples_of
+from conftest import phantom, refused, rotation, run_cli, samples_of, write_dicom_series
 
 from drdm_engine.core.grid import Geometry
 from drdm_engine.io.read import read_labels
@@ -226,7 +225,8 @@ def test_a_large_2d_image_gets_a_bounded_preview(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("setting, fragment", [
     (["--device", "foo"], "not a device"), (["--device", "meta"], "not a device"), (["--device", "mps"], "MPS"),
     (["--size", "1"], "--size must be in"), (["--size", "-8"], "--size must be in"),
-    (["--seed", str(2 ** 64)], "--seed must be in"), (["--seed", "-1"], "--seed must be in")])
+    (["--seed", str(2 ** 64)], "--seed must be an integer from 0 to 2**64 - 1"),
+    (["--seed", "-1"], "--seed must be an integer from 0 to 2**64 - 1")])
 def test_bad_settings_are_one_line(tmp_path, capsys, phantom_files, setting, fragment):
     args = [phantom_files[0], "--out", tmp_path / "o", "--model", "none", *setting]
     if "--size" not in setting:
@@ -251,34 +251,6 @@ def test_runs_too_large_for_memory_are_refused_before_reading(tmp_path, capsys, 
 def test_a_1x1x1_image_is_reported_with_its_size(tmp_path, capsys):
     refused(capsys, "augment", write(sitk.Image([1, 1, 1], sitk.sitkInt16), tmp_path / "dot.nrrd"),
             "--out", tmp_path / "o", *FAST, says="size 1 x 1 x 1")
-
-
-def write_dicom_series(image: sitk.Image, folder: Path, series: int = 2) -> None:
-    """One DICOM file per slice with the tags that carry geometry. GDCM's writer switches the process
-    to the C locale; the caller's locale is put back."""
-    saved = locale.setlocale(locale.LC_ALL, None)
-    try:
-        _write_dicom_slices(image, folder, series)
-    finally:
-        locale.setlocale(locale.LC_ALL, saved)
-
-
-def _write_dicom_slices(image: sitk.Image, folder: Path, series: int) -> None:
-    folder.mkdir(exist_ok=True)
-    direction = image.GetDirection()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        slice_ = image[:, :, k]
-        for tag, value in {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-                           "0020|000e": f"1.2.826.0.1.3680043.2.1125.1.{series}", "0020|0013": str(k + 1),
-                           "0020|0037": "\\".join(f"{v:.6f}" for v in direction[0::3][:3] + direction[1::3][:3]),
-                           "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-                           "0018|0050": str(image.GetSpacing()[2]), "0008|0018": f"1.2.826.0.1.3680043.2.1125.{series}.3.{k}"
-                           }.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"series{series}_slice{k:03d}.dcm"))
-        writer.Execute(slice_)
 
 
 def test_folders_are_read_as_dicom_series_or_refused_plainly(tmp_path, capsys, phantom_files):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import one_error_line, random_volume, refused, rotation, run_cli, run_drdm
+from conftest import one_error_line, phantom, random_volume, refused, rotation, run_cli, run_drdm, write_dicom_series
 
 FAST = ["--model", "none", "--size", "16", "--samples", "1"]
 MANIFEST = "drdm_manifest.json"
@@ -374,3 +374,91 @@ def test_extra_pairs_of_a_single_image_check_the_seed(tmp_path, capsys):
             "--size", "16", "--samples", "2", says="--seed must be")
 
 
+
+
+# === Found in review: resume, overwrite and the output folder ==========================================
+def test_a_run_with_other_inputs_does_not_resume_a_finished_one(tmp_path, capsys):
+    """The resume key holds each case's files: adding labels to a finished run is another run (refused,
+    or started afresh with --overwrite), not "2 of 2 cases already done"."""
+    data, masks = tmp_path / "data", tmp_path / "masks"
+    for n in range(2):
+        label_map(masks / f"c{n}.nii.gz", random_volume(data / f"c{n}.nii.gz", seed=n)) if masks.mkdir(
+            exist_ok=True) is None else None
+    out = tmp_path / "out"
+    assert run_cli(capsys, "augment", data, "--out", out, *FAST)[0] == 0
+    refused(capsys, "augment", data, "--labels-dir", masks, "--out", out, *FAST, says="holds another dataset run")
+    code, err = run_cli(capsys, "augment", data, "--labels-dir", masks, "--out", out, "--overwrite", *FAST)
+    assert code == 0 and "resuming" not in err, err
+    assert all(case["source"]["labels"] for case in json.loads((out / MANIFEST).read_text())["cases"])
+
+
+def test_overwrite_with_other_settings_names_the_files_it_leaves(tmp_path, capsys):
+    """--overwrite replaces same-named outputs only; files an earlier run of other settings recorded and
+    this one does not write stay, and the run says so in one note (the manifest lists this run's only)."""
+    data = tmp_path / "data"
+    random_volume(data / "c.nii.gz")
+    out = tmp_path / "out"
+    assert run_cli(capsys, "augment", data, "--out", out, "--model", "none", "--size", "16", "--samples", "2")[0] == 0
+    code, err = run_cli(capsys, "augment", data, "--out", out, "--overwrite", *FAST)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("drdm: note:")]
+    assert len(notes) == 1 and "files of an earlier run remain" in notes[0] and "c_drdm001" in notes[0], notes
+    assert (out / "images/c_drdm001.nii.gz").is_file()
+    assert manifest_paths(out) == ["images/c_drdm000.nii.gz", "fields/c_drdm000_field.nrrd"]
+
+
+def test_a_resumed_run_needs_disk_only_for_the_cases_left(tmp_path, capsys, monkeypatch):
+    """The disk guard of a resumed run counts the cases still to do, not the finished ones."""
+    import drdm_engine.jobs.resources as resources
+
+    data = tmp_path / "data"
+    for n in range(3):
+        random_volume(data / f"c{n}.nii.gz", (16, 32, 32), seed=n)
+    out = tmp_path / "out"
+    assert run_cli(capsys, "augment", data, "--out", out, *FAST)[0] == 0
+    (out / ".drdm_state/cases/c2.json").unlink()
+    (out / MANIFEST).unlink()
+    one_case = 16 * 32 * 32 * (4 + 3 * 4) * 2  # input scratch and one sample of the last case, generously
+    monkeypatch.setattr(resources, "free_disk", lambda folder: one_case)
+    code, err = run_cli(capsys, "augment", data, "--out", out, *FAST)
+    assert code == 0 and "2 of 3 cases already done" in err, err
+    monkeypatch.setattr(resources, "free_disk", lambda folder: one_case // 8)
+    (out / ".drdm_state/cases/c2.json").unlink()
+    refused(capsys, "augment", data, "--out", out, *FAST, says="this run writes about")
+
+
+def test_a_folder_where_an_output_file_goes_is_refused_and_nothing_of_the_case_moves(tmp_path, capsys):
+    data = tmp_path / "data"
+    random_volume(data / "a.nii.gz")
+    out = tmp_path / "out"
+    (out / "images/a_drdm000.nii.gz").mkdir(parents=True)
+    refused(capsys, "augment", data, "--out", out, "--overwrite", *FAST, says="not a regular file")
+    assert not (out / "fields").exists() and not list(out.glob(".drdm-staging-*"))
+
+
+def test_pairs_of_a_dicom_series_are_written_as_nrrd(tmp_path, capsys):
+    """A DICOM folder has no file suffix: its outputs in a dataset layout are NRRD files."""
+    series = tmp_path / "series"
+    write_dicom_series(phantom(size=(16, 16, 4), direction=np.eye(3))[0], series)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "augment", series, "--pairs", "--out", out, "--model", "none", "--size", "16",
+                        "--samples", "2")
+    assert code == 0, err
+    assert (out / "images/series_drdm000.nrrd").is_file() and (out / "images/series.nrrd").is_file()
+
+
+def test_the_input_nnunet_dataset_is_not_an_output_folder(tmp_path, capsys):
+    data = nnunet(tmp_path / "Dataset001_X", ["a", "b"])
+    before = sorted(p.name for p in (data / "imagesTr").iterdir())
+    refused(capsys, "augment", data, "--out", data, "--overwrite", *FAST, says="is the input nnU-Net dataset")
+    assert sorted(p.name for p in (data / "imagesTr").iterdir()) == before
+
+
+def test_a_folder_holding_only_a_run_state_counts_as_empty(tmp_path, capsys):
+    """``.drdm_state`` is the tool's own, as its lock and staging folders are: a folder holding nothing else
+    is not "not empty"."""
+    data = tmp_path / "data"
+    random_volume(data / "a.nii.gz")
+    out = tmp_path / "out"
+    (out / ".drdm_state").mkdir(parents=True)
+    assert run_cli(capsys, "augment", data, "--out", out, *FAST)[0] == 0

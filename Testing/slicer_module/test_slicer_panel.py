@@ -231,3 +231,14 @@ def test_sample_data_is_registered_and_loads_with_one_click(slicerApp, scene):
     p = widget._parameterNode
     assert p.inputVolume.GetName() == "DRDMChestCT" and p.inputVolume.GetImageData().GetDimensions()[2] > 1
     assert p.inputSegmentation.GetSegmentation().GetNumberOfSegments() == 7
+
+
+def test_the_depth_slider_takes_its_range_and_default_from_the_engine(slicerApp):
+    """The panel's depth range and default come from the engine's settings, not from the .ui file."""
+    from drdm_engine.core.defaults import DEFAULT_DEPTH, max_depth
+
+    widget = slicerApp().widget()
+    slider = widget.ui.depthSlider
+    assert (slider.maximum, widget._parameterNode.depth) == (max_depth(), DEFAULT_DEPTH)
+    assert f"1-{max_depth()}" in slider.toolTip
+    assert "79" not in UI.read_text() and "<double>64</double>" not in UI.read_text()

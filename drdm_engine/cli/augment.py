@@ -110,9 +110,4 @@ def run_augment(args: argparse.Namespace) -> int:
     cases = f" of {totals['cases']} cases" if layout.resumable else ""
     print(f"drdm: wrote {totals['samples']} {manifest['mode']} samples{cases} to {out}/ "
           f"(see {out}/{layout.manifest})", file=sys.stderr)
-    earlier = layout.earlier_samples(out, job.samples) if not layout.resumable else []
-    if earlier:
-        print(f"drdm: note: {len(earlier)} files of an earlier run with more samples remain in {out}/ "
-              f"({earlier[0]}{', …' if len(earlier) > 1 else ''}); the manifest lists this run's samples only",
-              file=sys.stderr)
     return 0

@@ -2,7 +2,7 @@
 large random fields ``F_full(t)`` (diffusion) and ``F_clean(t)`` (the training target).
 
 Fields returned here are in voxels of the image working grid (side ``N``), channel ``c`` along
-tensor axis ``c``; see :mod:`drdm_engine.fields`.
+tensor axis ``c``; see :mod:`drdm_engine.core.fields`.
 """
 from __future__ import annotations
 

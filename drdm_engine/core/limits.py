@@ -63,8 +63,7 @@ def check_sampling(samples: int, seed: int, size: int | None) -> None:
     working size outside :data:`SIZE_RANGE`."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise DRDMError(f"--samples must be at least 1, got {_shown(samples)}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise DRDMError(f"--seed must be in 0…2**64-1 ({SEED_LIMIT - 1}), got {_shown(seed)}")
+    require_seed("--seed", seed)
     if size is not None and not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
         raise DRDMError(f"--size must be in {SIZE_RANGE[0]}…{SIZE_RANGE[1]} (working grid side in voxels), "
                         f"got {size}")

@@ -1,4 +1,5 @@
-"""Medical image file names and formats: the suffixes DRDM reads, a path's full suffix and stem."""
+"""Medical image file names and formats: the suffixes DRDM reads, a path's full suffix and stem, and the
+folder a path will live in (no SimpleITK, no torch)."""
 from __future__ import annotations
 
 import os
@@ -21,3 +22,11 @@ def stem_of(path: str | os.PathLike) -> str:
     name = Path(path).name
     suffix = suffix_of(path)
     return name[: len(name) - len(suffix)] if suffix and name.lower().endswith(suffix) else Path(path).stem
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` itself, or its nearest ancestor that exists (where a folder about to be created will live)."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder

@@ -163,8 +163,8 @@ def _decompress(path: Path, what: str, target: Path | None = None) -> int:
     except OSError as exc:
         if isinstance(exc, gzip.BadGzipFile) or exc.errno is None:
             raise DRDMError(f"{what} {path} is truncated or corrupt ({exc}); export or download it again") from exc
-        raise DRDMError(f"cannot decompress {what} {path} into {target.parent}: {exc.strerror or exc}; free some "
-                        f"space there (or set TMPDIR to a larger folder)") from exc
+        raise DRDMError(f"cannot decompress {what} {path} into {target.parent if target else 'memory'}: "
+                        f"{exc.strerror or exc}; free some space there") from exc
     return total
 
 
@@ -195,12 +195,12 @@ def check_complete(path: str | os.PathLike, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _checked_nifti(path: Path, what: str) -> Iterator[Path]:
+def _checked_nifti(path: Path, what: str, scratch: Path | None) -> Iterator[Path]:
     """The uncompressed NIfTI file ITK should read for ``path`` (a ``.nii.gz`` is decompressed once, into a
-    temporary file removed afterwards), checked: complete, and without NaN/inf voxels (ITK's NIfTI reader
-    hides them)."""
+    temporary file in ``scratch``, default the system's temporary folder, removed afterwards), checked:
+    complete, and without NaN/inf voxels (ITK's NIfTI reader hides them)."""
     layout = _nifti_layout(_nifti_header(path))
-    with tempfile.TemporaryDirectory(prefix="drdm-read-") as folder:
+    with tempfile.TemporaryDirectory(prefix="drdm-read-", dir=scratch) as folder:
         plain = path
         if path.name.lower().endswith(".gz") and _is_gzip(path):
             plain = Path(folder) / (path.name[:-3] if path.name.lower().endswith(".nii.gz") else path.name + ".nii")
@@ -215,7 +215,7 @@ def _checked_nifti(path: Path, what: str) -> Iterator[Path]:
         yield plain
 
 
-def _read(path: str | os.PathLike, what: str, info: ImageInfo) -> tuple[sitk.Image, bool]:
+def _read(path: str | os.PathLike, what: str, info: ImageInfo, scratch: Path | None) -> tuple[sitk.Image, bool]:
     """The image, and whether its raw voxels were checked for NaN/inf (NIfTI files, whose reader hides them)."""
     path = Path(path)
     try:
@@ -223,7 +223,7 @@ def _read(path: str | os.PathLike, what: str, info: ImageInfo) -> tuple[sitk.Ima
             return sitk.ReadImage(list(info.dicom_files)), False
         if ".nii" not in path.name.lower():
             return sitk.ReadImage(str(path)), False
-        with _checked_nifti(path, what) as plain:
+        with _checked_nifti(path, what, scratch) as plain:
             return sitk.ReadImage(str(plain)), True
     except RuntimeError as exc:
         raise DRDMError(f"cannot read {what} {path}: not a readable NIfTI/NRRD/MHA image") from exc
@@ -258,16 +258,17 @@ def is_single_slice(image: sitk.Image) -> bool:
 
 
 def read_image(path: str | os.PathLike, pixel_type: int | None = sitk.sitkFloat32, keep_3d: bool = False,
-               info: ImageInfo | None = None) -> sitk.Image:
+               info: ImageInfo | None = None, scratch: Path | None = None) -> sitk.Image:
     """Read a scalar 2D or 3D image (file or DICOM folder) with its geometry, cast to ``pixel_type``
     (``None``: keep the file's); refuse 4D, vector, complex, too small, constant and non-finite images
     and truncated files. A one-slice 3D image is returned as 2D unless ``keep_3d`` (then it keeps its
     z origin and full 3D direction). ``info``: the header, already inspected and checked
-    (:func:`check_image_info`) by the caller."""
+    (:func:`check_image_info`) by the caller. ``scratch``: where a ``.nii.gz`` is decompressed for the
+    read (its uncompressed size, removed at once; default: the system's temporary folder)."""
     if info is None:
         info = inspect_image(path, "image")
         check_image_info(info, path)
-    image, raw_checked = _read(path, "image", info)
+    image, raw_checked = _read(path, "image", info, scratch)
     if is_single_slice(image) and not keep_3d:
         image = image[:, :, 0]
     if pixel_type is not None:
@@ -350,10 +351,11 @@ def _integer_pixel(lo: int, hi: int) -> int:
     return sitk.sitkInt64
 
 
-def read_labels(path: str | os.PathLike, reference: sitk.Image, info: ImageInfo | None = None) -> Labels:
+def read_labels(path: str | os.PathLike, reference: sitk.Image, info: ImageInfo | None = None,
+                scratch: Path | None = None) -> Labels:
     """Read a label map or Slicer ``.seg.nrrd`` (file or DICOM folder) and check it lies on
-    ``reference``'s grid (``info``: its header, when already inspected). Any integer label value is
-    kept exactly (up to 2**63 - 1)."""
+    ``reference``'s grid (``info``: its header, when already inspected; ``scratch``: see :func:`read_image`).
+    Any integer label value is kept exactly (up to 2**63 - 1)."""
     path = Path(path)
     info = info or inspect_image(path, "labels")
     if info.pixel_id not in SCALAR_PIXELS and "complex" in sitk.GetPixelIDValueAsString(info.pixel_id):
@@ -372,7 +374,7 @@ def read_labels(path: str | os.PathLike, reference: sitk.Image, info: ImageInfo 
             raise DRDMError(f"segmentation {path} has overlapping segments in several layers; "
                             f"export it as a label map (one layer) first")
         names = {int(s["labelValue"]): s.get("name", s["id"]) for s in segmentation["segments"]}
-    image, _ = _read(path, "labels", info)
+    image, _ = _read(path, "labels", info, scratch)
     if image.GetDimension() == 3 and reference.GetDimension() == 2 and image.GetSize()[2] == 1:
         image = image[:, :, 0]
     array = sitk.GetArrayViewFromImage(image)

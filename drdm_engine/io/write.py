@@ -16,11 +16,29 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.defaults import FIELD_COMPRESSION_DEFAULT
+from ..core.errors import DRDMError
 from ..core.grid import Geometry
+from .formats import nearest_existing
 from .read import Labels
 
 SEGMENTATION_COMPRESSION = 6  # gzip level of .seg.nrrd (zlib's default): measured on the bundled case, 7 ms
 # and 27.7 kB per file against slicerio's default 9: 78 ms and 26.2 kB
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write inside the block (disk full, quota, permissions, I/O error) into one
+    :class:`DRDMError` line naming the file and the reason (and, for a full disk, the room left)."""
+    try:
+        yield
+    except OSError as exc:
+        path = Path(path)
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(nearest_existing(path.parent)).free / 2 ** 20
+            raise DRDMError(f"cannot write {path.name}: {reason} ({free:.0f} MiB free on that disk); free some "
+                            f"space or choose another --out") from exc
+        raise DRDMError(f"cannot write {path}: {reason}; choose another --out") from exc
 
 
 def atomic_path(path: Path) -> Path:

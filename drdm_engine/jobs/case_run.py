@@ -7,7 +7,7 @@ import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import SimpleITK as sitk
 import torch
@@ -18,7 +18,7 @@ from ..core.pairs import between
 from ..io.formats import suffix_of
 from ..io.preview import render_preview
 from ..io.read import ImageInfo, Labels, read_image, read_labels
-from ..io.write import field_writer, write_image, write_segmentation
+from ..io.write import field_writer, write_image, write_segmentation, writing
 from ..model.loading import ModelCache
 from ..warp.case import CaseInput, WarpedSample, generate_samples
 from ..warp.slabs import InputField
@@ -36,27 +36,17 @@ class CaseInfo:
     labels: ImageInfo | None
 
 
-@contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Turn a failed write (disk full, quota, I/O error) into one line that says how much room is left."""
-    try:
-        yield
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        folder = next(p for p in (path.parent, *path.parents) if p.exists())
-        free = shutil.disk_usage(folder).free / 2 ** 20
-        raise DRDMError(f"cannot write {path.name}: {reason} ({free:.0f} MiB free on that disk); free some space "
-                        f"or choose another --out") from exc
-
-
-def read_case(case: Case, info: CaseInfo) -> CaseInput:
-    """The case's channels (pixel types kept, one-slice volumes kept 3D) and labels, all on channel 0's grid."""
-    images = [read_image(path, pixel_type=None, keep_3d=True, info=i) for path, i in zip(case.channels, info.channels)]
+def read_case(case: Case, info: CaseInfo, scratch: Path) -> CaseInput:
+    """The case's channels (pixel types kept, one-slice volumes kept 3D) and labels, all on channel 0's grid;
+    a compressed NIfTI is decompressed for its read into ``scratch`` (the case's staging folder, on the
+    output's disk, which the disk guard counts)."""
+    images = [read_image(path, pixel_type=None, keep_3d=True, info=i, scratch=scratch)
+              for path, i in zip(case.channels, info.channels)]
     for path, image in zip(case.channels[1:], images[1:]):
         if not Geometry.of(image).matches(Geometry.of(images[0])):
             raise DRDMError(f"channel {path} is not on the grid of {case.channels[0]}; resample the channels onto "
                             f"one grid first")
-    labels = read_labels(case.labels, images[0], info.labels) if case.labels else None
+    labels = read_labels(case.labels, images[0], info.labels, scratch) if case.labels else None
     return CaseInput.of(images, labels)
 
 
@@ -104,15 +94,19 @@ def _field_sinks(stage: Path, files: Callable[[int], SampleFiles], compression: 
     return sink
 
 
-def _stage_originals(case: Case, files: SampleFiles, stage: Path) -> None:
-    """Copy the case's own files (converted only where the suffix changes) under its own ID."""
-    for source, name in zip((*case.channels, *([case.labels] if case.labels else [])), files.paths()):
+def _stage_originals(case: Case, case_input: CaseInput, files: SampleFiles, stage: Path) -> None:
+    """The case's own files under its own ID: copied byte for byte where the name keeps their suffix, else
+    (a DICOM series, a detached NRRD header) written from the images already read."""
+    sources = [*zip(case.channels, case_input.channels)]
+    if case.labels:
+        sources.append((case.labels, case_input.labels.image))
+    for (source, image), name in zip(sources, files.paths()):
         target = _made(stage / name)
         with writing(target):
             if suffix_of(source) == suffix_of(name):
                 shutil.copyfile(source, target)
             else:
-                write_image(sitk.ReadImage(source), target)
+                write_image(image, target)
 
 
 def _pair_entry(moving: dict, fixed: dict, field: str, kind: str, errors: dict | None) -> dict:
@@ -148,14 +142,14 @@ def run_case(case: Case, info: CaseInfo, job: Job, layout: Layout, stage: Path, 
              device: torch.device, report: CaseReport) -> dict:
     """Deform one case into ``stage`` (its files at their relative places in the output); returns its
     manifest record."""
-    case_input = read_case(case, info)
+    case_input = read_case(case, info, stage)
     model = models.get(info.channels[0].ndims)
     seed = layout.seed(job.seed, case.id)
     record: dict = {"id": case.id, "seed": seed, "source": {"images": list(case.channels), "labels": case.labels},
                     "working_size": None, "samples": [], "pairs": [], "originals": None}
     original = layout.original(case) if job.originals else None
     if original is not None:
-        _stage_originals(case, original, stage)
+        _stage_originals(case, case_input, original, stage)
         record["originals"] = original.entry()
     sinks = _field_sinks(stage, lambda k: layout.sample(case, k), job.field_compression)
     samples = generate_samples(case_input, model, job.samples, job.depth, seed, device, job.recovery, job.size,

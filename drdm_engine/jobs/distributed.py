@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..core.device import launched_by_torchrun
+
 
 @dataclass(frozen=True)
 class ProcessGroup:
@@ -35,11 +37,6 @@ class ProcessGroup:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
-
-
-def launched_by_torchrun() -> bool:
-    """True inside ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``)."""
-    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
 def start(device: torch.device) -> ProcessGroup:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import DRDMError
-from ..io.formats import stem_of, suffix_of
+from ..io.formats import IMAGE_SUFFIXES, nearest_existing, stem_of, suffix_of
 from .cases import Case, Dataset
 
 FIELD_SUFFIX = "_field.nrrd"
@@ -152,8 +152,10 @@ Layout = ImageLayout | DatasetLayout
 
 
 def _written_suffix(path: str) -> str:
+    """The suffix a case's file is written with: its own, one-file NRRD/MHA for detached headers, NRRD for a
+    DICOM series."""
     suffix = suffix_of(path)
-    return WRITE_SUFFIX.get(suffix, suffix)
+    return WRITE_SUFFIX.get(suffix, suffix) if suffix in IMAGE_SUFFIXES + (".seg.nrrd",) else ".nrrd"
 
 
 def _refuse_same(first: str, second: str, what: str) -> None:
@@ -211,10 +213,7 @@ def _check_name_lengths(dataset: Dataset, layout: Layout, out: Path, samples: in
 
 def _name_max(out: Path) -> int:
     """Longest file name (bytes) the file system that will hold ``out`` accepts (255 where unknown)."""
-    folder = out.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
     try:
-        return os.pathconf(folder, "PC_NAME_MAX")
+        return os.pathconf(nearest_existing(out), "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
         return 255

@@ -4,10 +4,8 @@ fraction is the mean over its cases."""
 from __future__ import annotations
 
 import sys
-from typing import Callable
 
-CaseReport = Callable[[float, str], None]
-"""A case's progress: ``report(fraction of the case done, text)``."""
+from ..warp.case import Report as CaseReport
 
 
 class Progress:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..core.errors import DRDMError
+from ..io.formats import nearest_existing
 
 if TYPE_CHECKING:  # the training path checks memory without SimpleITK (io imports it)
     from ..io.read import ImageInfo
@@ -39,8 +40,9 @@ def estimate(image: ImageInfo, labels: ImageInfo | None, samples: int, working_s
     """Peak memory and disk of one case: the input, its output and (with labels) the label maps in and
     out at full size, the same for other ``channels`` on its grid; the float working copy; all samples'
     fields on the working grid (``nd`` float32 per voxel, several copies while sampling; with a
-    recovery ``network``, its activations); per sample on disk the images, the labels and the field
-    (uncompressed size when ``field_compression`` is 0, else 90 % of it: fields compress little)."""
+    recovery ``network``, its activations); on disk the inputs once uncompressed (a ``.nii.gz`` is read
+    through a temporary copy) and per sample the images, the labels and the field (uncompressed size
+    when ``field_compression`` is 0, else 90 % of it: fields compress little)."""
     voxels = image.voxels
     nd = image.ndims
     label_bytes = 0
@@ -52,8 +54,9 @@ def estimate(image: ImageInfo, labels: ImageInfo | None, samples: int, working_s
     field = voxels * nd * 4 * (1.0 if field_compression == 0 else 0.9)
     stored = image.bytes_per_voxel + channel_bytes + (labels.bytes_per_voxel if labels else 0)
     disk_per_sample = int(voxels * stored + field)
-    return Needs(int(BASE_MEMORY + full_size + samples * per_sample), samples * disk_per_sample, per_sample,
-                 disk_per_sample)
+    scratch = voxels * stored  # a compressed NIfTI input decompressed for its read, beside the outputs
+    return Needs(int(BASE_MEMORY + full_size + samples * per_sample), scratch + samples * disk_per_sample,
+                 per_sample, disk_per_sample)
 
 
 def combine(cases: Sequence[Needs], processes: int = 1) -> Needs:
@@ -158,10 +161,7 @@ def _address_space_left() -> int | None:
 
 def free_disk(out: Path) -> int:
     """Free bytes on the file system that will hold ``out`` (its nearest existing ancestor)."""
-    folder = out.absolute()
-    while not folder.exists():
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return shutil.disk_usage(nearest_existing(out)).free
 
 
 def amount(n: float) -> str:

@@ -9,6 +9,7 @@ moved into place last.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from ..core.device import resolve_device
 from ..core.errors import DRDMError
 from ..io.read import check_image_info, inspect_image
+from ..io.write import writing
 from ..model.checkpoint import LoadedModel
 from ..model.loading import ModelCache
 from ..model.precision import recovery_dtype
@@ -32,7 +34,7 @@ from .progress import Progress
 from .resources import check, combine, estimate
 from .runfolder import RunFolder, Staging
 from .settings import Job
-from .state import RunState
+from .state import RunState, record_files, run_signature
 
 RESUME_NOTE = "finished cases are kept: rerun the same command to resume"
 
@@ -76,6 +78,9 @@ def prepare(dataset: Dataset, layout: Layout, job: Job, out: Path) -> tuple[dict
     for ndims in sorted({info.channels[0].ndims for info in infos.values()}):
         check_depth(job.depth, schedule_of(models.get(ndims)))
     check_names(dataset, layout, out, job.samples, job.originals, job.pairs)
+    if dataset.kind == "nnunet" and os.path.abspath(out) == os.path.abspath(dataset.root):
+        raise DRDMError(f"--out {out} is the input nnU-Net dataset itself; write the augmented dataset into "
+                        f"another folder (e.g. a new DatasetNNN_Name)")
     return infos, models
 
 
@@ -103,43 +108,66 @@ def _notes(dataset: Dataset, infos: dict[str, CaseInfo], models: ModelCache) -> 
               f"{'their' if len(flat) > 1 else 'its'} geometry", file=sys.stderr)
 
 
+def _open(folder: RunFolder, state: RunState | None, dataset: Dataset, infos: dict[str, CaseInfo], job: Job,
+          models: ModelCache) -> tuple[Staging, set[str]]:
+    """Lock and stage the output folder, find the cases a resumed run already finished, check the memory
+    and disk the others need, then settle the resume state; returns the staging and the finished cases.
+    A refusal leaves the folder as it was."""
+    staging = folder.open()
+    try:
+        resumes = state is not None and state.resumes()
+        finished = state.finished([c.id for c in dataset.cases]) if resumes else set()
+        todo = Dataset(dataset.root, dataset.kind, tuple(c for c in dataset.cases if c.id not in finished),
+                       dataset.file_ending, dataset.dataset_json)
+        if not job.force_large and todo.cases:
+            _check_resources(todo, infos, job, models, folder.out)
+        if state is not None:
+            state.prepare()
+    except BaseException:
+        folder.abort()
+        raise
+    return staging, finished
+
+
 def _run(dataset: Dataset, layout: Layout, job: Job, out: Path, overwrite: bool, progress_lines: bool,
          infos: dict[str, CaseInfo], models: ModelCache, group: distributed.ProcessGroup) -> dict | None:
     started = time.perf_counter()
-    signature = {"dataset": str(Path(dataset.root).absolute()), "kind": dataset.kind, "job": job.signature(),
-                 "cases": [c.id for c in dataset.cases]}
-    state = RunState(out, signature, overwrite) if layout.resumable else None
+    state = RunState(out, run_signature(dataset, job), overwrite) if layout.resumable else None
     folder = RunFolder(out, overwrite, lambda name: layout.is_output(name, job.samples),
                        state.resumes if state is not None else None)
-    problem, staging, resumed = None, None, False
+    problem, staging, finished = None, None, set()
     if group.main:
         try:
-            staging = folder.open()
-            if not job.force_large:
-                _check_resources(dataset, infos, job, models, out)
-            resumed = state.prepare() if state is not None else False
+            staging, finished = _open(folder, state, dataset, infos, job, models)
         except DRDMError as exc:
-            folder.abort()
             problem = str(exc)
     problems = [p for p in group.gather(problem) if p]
     if problems:
         raise DRDMError(problems[0])
     try:
-        root = group.gather(str(staging.root) if staging else None)[0]
+        root, finished = group.gather((str(staging.root) if staging else None, finished))[0]  # rank 0's view
         work = Work(job, layout, infos, Staging(Path(root), out), state)
-        return _process(dataset, work, models, group, progress_lines, folder, resumed, started)
+        return _process(dataset, work, models, group, progress_lines, folder, finished, started)
     except BaseException:
         if group.main:
             folder.abort()
         raise
 
 
+def _leftovers(work: Work, out: Path, records: list[dict]) -> list[str]:
+    """Files of an earlier run that this one (with ``--overwrite``) did not replace and the manifest does not
+    list: sample files beyond this run's count, or everything a run of other settings recorded."""
+    if work.state is None:
+        return work.layout.earlier_samples(out, work.job.samples)
+    written = set().union(*(record_files(r) for r in records))
+    return sorted(p for p in work.state.discarded - written if (out / p).is_file())
+
+
 def _process(dataset: Dataset, work: Work, models: ModelCache, group: distributed.ProcessGroup,
-             progress_lines: bool, folder: RunFolder, resumed: bool, started: float) -> dict | None:
+             progress_lines: bool, folder: RunFolder, finished: set[str], started: float) -> dict | None:
     state, job, layout = work.state, work.job, work.layout
     ids = [c.id for c in dataset.cases]
-    finished = state.finished(ids) if state is not None else set()
-    if group.main and resumed:
+    if group.main and finished:
         print(f"drdm: resuming {folder.out}: {len(finished)} of {len(ids)} cases already done", file=sys.stderr)
     if group.main:
         _notes(dataset, work.infos, models)
@@ -167,8 +195,14 @@ def _process(dataset: Dataset, work: Work, models: ModelCache, group: distribute
     run = {"device": str(models.device), "network_precision": _precision(model, job, models.device)}
     seconds = {k: v for _, s in gathered for k, v in s.items()}
     manifest = build_manifest(dataset, layout, job, model, run, records, time.perf_counter() - started, seconds)
-    write_manifest(work.staging.root, manifest, dataset, layout, job)
+    with writing(folder.out / layout.manifest):
+        write_manifest(work.staging.root, manifest, dataset, layout, job)
     folder.commit(layout.manifest)
+    leftovers = _leftovers(work, folder.out, records)
+    if leftovers:
+        print(f"drdm: note: {len(leftovers)} files of an earlier run remain in {folder.out}/ ({leftovers[0]}"
+              f"{', …' if len(leftovers) > 1 else ''}); the manifest lists this run's files only"
+              f"{' (nnU-Net would train on them: remove them)' if dataset.kind == 'nnunet' else ''}", file=sys.stderr)
     group.barrier()
     return manifest
 

@@ -21,7 +21,7 @@ from ..core.errors import DRDMError
 
 LOCK_NAME = ".drdm-lock"
 STAGING_PREFIX = ".drdm-staging-"
-INTERNAL_PREFIX = ".drdm-"
+INTERNAL_PREFIX = ".drdm"  # the lock, staging folders and a dataset run's .drdm_state
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
 
@@ -127,14 +127,25 @@ class Staging:
         folder.mkdir()
         return folder
 
-    def publish(self, folder: Path, last: str | None = None) -> None:
+    def publish(self, folder: Path) -> None:
         """Move every file below the staged ``folder`` to the same relative place in ``out`` (atomic
-        renames on one file system; folders created as needed; the file ``last`` after all others), then
-        remove ``folder``."""
+        renames on one file system; folders created as needed), then remove ``folder``; a signal waits
+        until all are in place."""
+        with _signals_held():
+            self.move(folder)
+
+    def move(self, folder: Path, last: str | None = None) -> None:
+        """:meth:`publish` for a caller that already holds the stop signals (the file ``last`` moved after
+        all others): every target is checked first (a folder in a file's place is refused before anything
+        moves)."""
         files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (p.parent == folder and
                                                                                      p.name == last, str(p)))
-        for path in files:
-            target = self.out / path.relative_to(folder)
+        targets = [self.out / path.relative_to(folder) for path in files]
+        blocked = next((t for t in targets if t.is_symlink() or (t.exists() and not t.is_file())), None)
+        if blocked is not None:
+            raise DRDMError(f"output folder {self.out} holds '{blocked.relative_to(self.out)}', which is not a "
+                            f"regular file, where this run writes one; move it away or choose another --out")
+        for path, target in zip(files, targets):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
         shutil.rmtree(folder)
@@ -226,10 +237,11 @@ class RunFolder:
             previous = self.out / last
             if previous.is_file() and not previous.is_symlink():
                 previous.unlink()
-            self.staging.publish(self.staging.root, last)
+            self.staging.move(self.staging.root, last)
             self.staging = None
             self.created = []
             self._release()
+
     def abort(self) -> None:
         """Remove this run's staging folder and lock, then the folders it created if they are empty (a
         second signal meanwhile waits until this is done)."""

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..core.defaults import DEFAULT_DEPTH, DEFAULT_SAMPLES
+from ..core.defaults import DEFAULT_DEPTH, DEFAULT_SAMPLES, FIELD_COMPRESSION_DEFAULT
 from ..core.errors import DRDMError
 from ..core.limits import check_sampling
-from ..io.write import FIELD_COMPRESSION_DEFAULT
 
 RUN_ONLY = ("device", "workers", "force_large")  # settings that do not decide a run's outputs
 

@@ -18,7 +18,7 @@ def resolve_model(model: str | None, ndims: int, device: torch.device) -> Loaded
     only); ``"none"``: diffusion only; a bundled model's name (:mod:`.registry`); anything else: a path."""
     if model is not None and model.lower() == NO_MODEL:
         return None
-    if model is None or model == "default":
+    if model is None or model.lower() == "default":
         if not DEFAULT_MODEL.is_file():
             return None
         loaded = load_checkpoint(DEFAULT_MODEL, device=device)

@@ -1,13 +1,13 @@
 """Training volumes: find files, map each onto the cubic working grid once, keep them in memory.
 
 A cached volume is ``(1, N^nd)`` float32 in [0, 1] (robust percentiles, then resampled onto the
-working grid of :class:`~drdm_engine.geometry.WorkingGrid`, zero outside the input), exactly as
+working grid of :class:`~drdm_engine.core.grid.WorkingGrid`, zero outside the input), exactly as
 ``drdm augment`` sees an input.
 
 A *volume cache file* (``.pt``, written by :func:`save_cache`, e.g. by ``scripts/build_volume_cache.py``)
 holds such volumes already on the working grid as uint8, with their subjects, sources, licences and
 which subjects are held out. Reading it needs neither SimpleITK nor the image files (image files are
-read through a lazy import of :mod:`drdm_engine.io`), so training from a cache runs where SimpleITK is
+read through a lazy import of :mod:`drdm_engine.io.read`), so training from a cache runs where SimpleITK is
 not installed.
 """
 from __future__ import annotations

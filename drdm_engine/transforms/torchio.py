@@ -3,7 +3,7 @@ deterministic form, recorded in the subject's history like TorchIO's own spatial
 
 ``ScalarImage``s are warped linearly channel by channel and ``LabelMap``s label-safely, all with the same
 field, drawn from the first scalar image. The grid (shape, affine) is kept. ``inverse()`` warps with
-the numerically inverted field (fixed-point iteration; see :mod:`drdm_engine.pairs`).
+the numerically inverted field (fixed-point iteration; see :mod:`drdm_engine.core.pairs`).
 """
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ class Deformer:
         return self.fields[entry]
 
     def inverse(self, field: InputField) -> InputField:
-        """The numerically inverted field (fixed-point iteration, :func:`pairs.resampling_field`)."""
+        """The numerically inverted field (fixed-point iteration, :func:`..core.pairs.resampling_field`)."""
         with torch.inference_mode():
             inverse = resampling_field(field.working, torch.zeros_like(field.working))
         return InputField(inverse, field.grid)
