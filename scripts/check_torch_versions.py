@@ -4,8 +4,8 @@
 
 Each PYTHON is the interpreter of a virtual environment holding one torch release with the engine's
 other packages (numpy, SimpleITK, slicerio, pyyaml, tqdm, pillow); default: every
-``/work/venvs/torch-*/bin/python``. The engine comes from ``--engine`` (default: this checkout), put
-first on ``PYTHONPATH``. Every check is a process of its own, timed:
+``torch-*/bin/python`` under ``--venvs`` (default: ``venvs/`` beside the repository). The engine comes
+from ``--engine`` (default: this checkout), put first on ``PYTHONPATH``. Every check is a process of its own, timed:
 
 - ``layers``: RecResACNet's fast CPU layers against PyTorch's own, 2D and 3D (outputs without
   gradients within 1e-5, training gradients within 1e-4 of their largest);
@@ -173,7 +173,9 @@ def table(rows: list[tuple[str, dict[str, Outcome]]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pythons", nargs="*", help="interpreters to check (default: /work/venvs/torch-*/bin/python)")
+    parser.add_argument("pythons", nargs="*", help="interpreters to check (default: VENVS/torch-*/bin/python)")
+    parser.add_argument("--venvs", type=Path, default=ROOT.parent / "venvs",
+                        help="folder of one venv per torch release, torch-X.Y.Z (default: venvs/ beside the repository)")
     parser.add_argument("--engine", type=Path, default=ROOT, help="folder holding drdm_engine (default: this checkout)")
     parser.add_argument("--keep", type=Path, help="write the checks' files under this folder and keep them")
     parser.add_argument("--compare-layers", action="store_true", help=argparse.SUPPRESS)
@@ -183,10 +185,10 @@ def main() -> None:
         return compare_layers()
     if args.make_inputs:
         return make_inputs(args.make_inputs)
-    pythons = args.pythons or sorted(glob.glob("/work/venvs/torch-*/bin/python"),
+    pythons = args.pythons or sorted(glob.glob(str(args.venvs / "torch-*" / "bin" / "python")),
                                      key=lambda p: [int(n) for n in re.findall(r"\d+", Path(p).parents[1].name)])
     if not pythons:
-        raise SystemExit("no interpreters given and none found under /work/venvs/torch-*/bin/python")
+        raise SystemExit(f"no interpreters given and none found under {args.venvs}/torch-*/bin/python")
     print(f"{time.strftime('%Y-%m-%d')}, {cpu_model()}, {os.cpu_count()} cores, engine {args.engine.resolve()}",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="drdm_torch_versions_") as scratch:
