@@ -123,7 +123,8 @@ def _stage_pairs(original: dict, samples: list[dict], fields: list[InputField], 
     """Registration pairs: (original, sample k) with the sample's own field, and (sample k, sample k+1)
     with the field between them (see :mod:`..core.pairs`)."""
     entries = [_pair_entry(original, sample, sample["field"], "original-deformed", None) for sample in samples]
-    for (a, b), (first, second) in zip(zip(fields, fields[1:]), zip(samples, samples[1:])):
+    for k in range(len(fields) - 1):
+        a, b, first, second = fields[k], fields[k + 1], samples[k], samples[k + 1]
         with torch.inference_mode():
             w, figures = between(a.working, b.working)
         mm = a.grid.spacing  # working voxels are isotropic: voxels -> mm

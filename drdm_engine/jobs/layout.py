@@ -21,6 +21,8 @@ from ..io.formats import IMAGE_SUFFIXES, nearest_existing, stem_of, suffix_of
 from .cases import Case, Dataset
 
 FIELD_SUFFIX = "_field.nrrd"
+DATASET_JSON = "dataset.json"  # an nnU-Net output's own description
+PAIRS = "pairs.json"  # the registration pairs' MONAI datalist
 WRITE_SUFFIX = {".nhdr": ".nrrd", ".mhd": ".mha"}  # detached-header formats are written as one file
 NAME_MAX_MARGIN = 24  # bytes an atomic write's temporary name adds to a file name (``.tmp<pid>_``)
 SAMPLE_ID = re.compile(r"(?P<case>.+)_drdm(?P<index>\d{3,})")
@@ -114,7 +116,7 @@ class DatasetLayout:
     resumable = True
     previews = False
     seeds = "per case: SHA-256 of '<seed>:<case id>', first 8 bytes little-endian, shifted right by 1"
-    top_level = ("drdm_manifest.json", "dataset.json", "pairs.json")
+    top_level = (manifest, DATASET_JSON, PAIRS)  # the files a dataset run writes beside its folders
 
     def __init__(self, dataset: Dataset):
         self.nnunet = dataset.kind == "nnunet"

@@ -19,12 +19,11 @@ from ..core.version import VERSION
 from ..io.write import write_json
 from ..model.checkpoint import LoadedModel, describe
 from .cases import Dataset
-from .layout import DatasetLayout, Layout
+from .layout import DATASET_JSON, PAIRS, DatasetLayout, Layout
 from .settings import Job
 
 SCHEMA = "drdm-manifest"
 SCHEMA_VERSION = 2
-PAIRS = "pairs.json"
 MODE_NOTES = {"drdm": "fields recovered by the DRDM network",
               "diffusion-only": "no trained model: each field is the random forward diffusion field at the given "
                                 "depth, without recovery (plausibility not enforced)"}
@@ -80,7 +79,7 @@ def write_manifest(folder: Path, manifest: dict, dataset: Dataset, layout: Layou
     totals = manifest["totals"]
     if dataset.kind == "nnunet":
         write_json({**dataset.dataset_json, "numTraining": totals["samples"] + totals["originals_copied"]},
-                   folder / "dataset.json")
+                   folder / DATASET_JSON)
     if job.pairs:
         pairs = [p for r in manifest["cases"] for p in r["pairs"]]
         write_json({"description": "DRDM registration pairs: resampling moving_image with displacement_field "
